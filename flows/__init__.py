@@ -1,0 +1,1 @@
+"""Prefect flows (orchestration only: they wire ``tasks``) and the ``unlearnflow`` CLI."""

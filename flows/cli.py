@@ -1,0 +1,240 @@
+"""The ``unlearnflow`` command: the user's entry point.
+
+    unlearnflow init DIR        create a git + DVC workspace (params.yaml, dvc.yaml)
+    unlearnflow train           run the Prefect training flow in the workspace
+    unlearnflow status          production model, shards and data version
+    unlearnflow ui              start the MLflow UI on the workspace's store
+    unlearnflow stage NAME      one pipeline stage (what dvc.yaml's commands call)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
+WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n__pycache__/\n"
+
+
+def quiet_telemetry() -> None:
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("unlearnflow")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def cmd_init(args) -> int:
+    from unlearnflow.config import parse_params
+    from unlearnflow.preflight import check_names
+
+    target = Path(args.dir).resolve()
+    if (target / "params.yaml").exists() or (target / "dvc.yaml").exists():
+        print(f"error: {target} already holds params.yaml or dvc.yaml; not overwriting", file=sys.stderr)
+        return 2
+    text = (REPO_ROOT / "params.yaml").read_text()
+    if args.dataset:
+        text = re.sub(r"(?m)^(  dataset: ).*$", lambda m: m.group(1) + args.dataset, text, count=1)
+    if args.model:
+        text = re.sub(r"(?m)^(  model: ).*$", lambda m: m.group(1) + args.model, text, count=1)
+    import yaml
+
+    check_names(parse_params(yaml.safe_load(text)))  # unknown dataset/model: fail before creating anything
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "params.yaml").write_text(text)
+    shutil.copy(REPO_ROOT / "dvc.yaml", target / "dvc.yaml")
+    with open(target / ".gitignore", "a") as f:
+        f.write(WORKSPACE_GITIGNORE)
+    from tasks.lineage import GIT_IDENTITY, dvc, git
+
+    if not (target / ".git").exists():
+        git(target, "init", "--quiet")
+    if not (target / ".dvc").exists():
+        dvc(target, "init", "--quiet")
+        dvc(target, "config", "core.analytics", "false")
+    git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore")
+    identity = [] if git(target, "config", "user.email", check=False).stdout.strip() else GIT_IDENTITY
+    git(target, *identity, "commit", "--quiet", "-m", "unlearnflow init")
+    print(f"workspace ready: {target}\nnext: cd {target} && unlearnflow train")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from flows.train import run_train
+
+    t0 = time.perf_counter()
+    result = run_train(args.workspace, commit=not args.no_commit)
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    m, ml, lin = result["metrics"], result["mlflow"], result["lineage"]
+    print()
+    print(f"trained {len(result['shards'])} constituents on {result['prepared']['train_records']} records "
+          f"in {time.perf_counter() - t0:.1f}s (pipeline {result['pipeline_seconds']:.1f}s)")
+    for s in result["shards"]:
+        reused = "all stages reused" if not s["trained_stages"] else f"trained stages {[k + 1 for k in s['trained_stages']]}"
+        print(f"  shard {s['shard']}: {s['records']:5d} records  test acc {m['shard_accuracy'][str(s['shard'])]:.4f}  "
+              f"{reused}  {s['seconds']:.1f}s")
+    print(f"ensemble ({m['aggregation']}): test accuracy {m['ensemble_accuracy']:.4f} on {m['test_records']} records")
+    print(f"registered version {ml['version']}: {'production' if ml['promoted'] else 'NOT promoted'} ({ml['reason']})")
+    print(f"lineage: git {(lin['git_commit'] or '-')[:10]}, dvc.lock md5 {lin['dvc_lock_md5'][:10]}, "
+          f"data version {lin['data_version'][:10]}, dvc status {'clean' if lin['dvc_status_clean'] else 'NOT clean'}")
+    print(f"inspect: unlearnflow ui -C {result['workspace']}  (experiment id {ml['experiment_id']}, run {ml['run_id']})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tasks import lineage
+    from tasks.tracking import production_version
+    from tasks.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    ws.check()
+    params = ws.load_params()
+    info = {"workspace": str(ws.root), "dataset": params.data.dataset,
+            "shards": params.partition.num_shards, "slices": params.partition.slices}
+    if (ws.root / "dvc.lock").is_file():
+        lock = lineage.lock_info(ws.root)
+        info["data_version"] = lock["outs"].get("prepare", {}).get("data/prepared")
+        info["dvc_lock_md5"] = lock["dvc_lock_md5"]
+        info["constituents"] = {
+            str(k): lock["outs"].get(f"train@{k}", {}).get(ws.layout.rel(ws.layout.model(k))) for k in params.partition.shards
+        }
+        info["dvc_status_clean"] = lineage.dvc_status_clean(ws.root)[0]
+    mv = production_version(ws, params.tracking.registered_model)
+    info["production"] = None if mv is None else {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, **mv.tags}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"workspace    {info['workspace']}")
+    if mv is None:
+        print("production   none yet (run `unlearnflow train`)")
+    else:
+        t = mv.tags
+        print(f"production   {mv.name} v{mv.version}  test accuracy {t.get('ensemble_test_accuracy', '?')}  "
+              f"guarantee {t.get('guarantee', '?')}  git {t.get('git_commit', '')[:10]}")
+    print(f"data         {params.data.dataset}  version {str(info.get('data_version') or '-')[:12]}")
+    print(f"shards       S={info['shards']} x R={info['slices']} slices")
+    for k, md5 in info.get("constituents", {}).items():
+        print(f"  train@{k}  model md5 {md5 or '-'}")
+    if "dvc_status_clean" in info:
+        print(f"dvc status   {'clean' if info['dvc_status_clean'] else 'changed: run `unlearnflow train` or `dvc repro`'}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from tasks.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
+           "--default-artifact-root", ws.artifact_root, "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    return subprocess.call(cmd)
+
+
+def cmd_stage(args) -> int:
+    from tasks.pipeline import progress_callbacks
+    from tasks.workspace import Workspace
+    from unlearnflow import stages
+
+    ws = Workspace(args.workspace)
+    params = ws.load_params()
+    layout = ws.layout
+    log_to_stderr()
+    if args.name == "prepare":
+        out = stages.prepare(params.data, layout)
+    elif args.name == "partition":
+        out = stages.partition_stage(params.partition, layout)
+    elif args.name == "train":
+        if args.shard is None or args.shard not in params.partition.shards:
+            print(f"error: --shard must be one of {list(params.partition.shards)}; got {args.shard}", file=sys.stderr)
+            return 2
+        out = stages.train_stage(params.train, layout, args.shard, progress_callbacks())
+    elif args.name == "aggregate":
+        out = stages.aggregate_stage(params.aggregate, params.partition, layout)
+    else:
+        out = stages.evaluate_stage(layout)
+    print(json.dumps(out, default=str)[:2000])
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unlearnflow",
+        description="SISA training and machine unlearning with lineage: Prefect runs the pipeline, "
+        "DVC records which data fed each constituent model, MLflow records runs and the served model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A workspace is a git + DVC repository with params.yaml and dvc.yaml "
+        "(this checkout is one; `unlearnflow init DIR` makes another).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_, fn):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        if name != "init":
+            sp.add_argument("-C", "--workspace", default=".", help="workspace directory (default: current directory)")
+        return sp
+
+    sp = add("init", "create a new git + DVC workspace with default params.yaml and dvc.yaml", cmd_init)
+    sp.add_argument("dir", help="directory to create (may exist, but must not hold params.yaml/dvc.yaml)")
+    sp.add_argument("--dataset", help="data.dataset, e.g. mnist5k, digits, imagefolder:/path/to/images")
+    sp.add_argument("--model", help="train.model, e.g. cnn, mlp, resnet18")
+
+    sp = add("train", "train (or resume) all constituents with the Prefect flow, record lineage, register the model", cmd_train)
+    sp.add_argument("--no-commit", action="store_true", help="do not git-commit dvc.lock afterwards")
+    sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("status", "show the production model version, shards and data version", cmd_status)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("ui", "start the MLflow UI (tracking server) on the workspace's store", cmd_ui)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=5000)
+
+    sp = add("stage", "run one pipeline stage (dvc.yaml's commands call this)", cmd_stage)
+    sp.add_argument("name", choices=STAGES)
+    sp.add_argument("--shard", type=int, help="shard index, for the train stage")
+    return p
+
+
+def main(argv=None) -> int:
+    quiet_telemetry()
+    args = build_parser().parse_args(argv)
+    from unlearnflow.errors import UnlearnflowError
+
+    try:
+        return args.fn(args)
+    except UnlearnflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Thin layers over the core: Prefect tasks, DVC/git lineage, MLflow tracking.
+
+Nothing here computes anything the core does not: a task is a few lines around
+one ``unlearnflow`` call, plus the side effects (files committed, runs logged).
+"""

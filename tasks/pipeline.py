@@ -1,0 +1,82 @@
+"""Prefect tasks: each wraps one stage of ``unlearnflow.stages`` (what ``dvc repro`` runs too)."""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import lineage as lineage_mod
+from tasks.workspace import Workspace
+from unlearnflow import stages
+from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
+from unlearnflow.layout import Layout
+from unlearnflow.training import Callbacks
+
+log = logging.getLogger("unlearnflow")
+
+
+def progress_callbacks() -> Callbacks:
+    """Log a line per slice stage: long training shows where it is."""
+    cb = Callbacks()
+    cb.add("on_start", lambda shard, resumed_from, num_stages: log.info(
+        "shard %d: %s", shard,
+        "all %d slice stages reused from checkpoints" % num_stages if resumed_from == num_stages - 1
+        else f"resuming after stage {resumed_from + 1}/{num_stages}" if resumed_from >= 0
+        else f"training {num_stages} slice stages from scratch"))
+    cb.add("on_epoch_end", lambda shard, stage, epoch, epochs, loss, records: epoch == epochs - 1 and log.info(
+        "shard %d: stage %d done (%d records, %d epochs, loss %.4f)", shard, stage + 1, records, epochs, loss))
+    cb.add("on_end", lambda shard, seconds, trained_stages: log.info("shard %d: finished in %.1fs", shard, seconds))
+    return cb
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare(cfg: DataConfig, root: str) -> dict:
+    return stages.prepare(cfg, Layout(root))
+
+
+@task(name="partition", cache_policy=NO_CACHE)
+def partition(cfg: PartitionConfig, root: str) -> dict:
+    return stages.partition_stage(cfg, Layout(root))
+
+
+@task(name="train-shard", task_run_name="train-shard-{shard}", cache_policy=NO_CACHE)
+def train_shard(cfg: TrainConfig, root: str, shard: int) -> dict:
+    return stages.train_stage(cfg, Layout(root), shard, progress_callbacks())
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate(cfg: AggregateConfig, partition_cfg: PartitionConfig, root: str) -> dict:
+    return stages.aggregate_stage(cfg, partition_cfg, Layout(root))
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(root: str) -> dict:
+    return stages.evaluate_stage(Layout(root))
+
+
+@task(name="record-lineage", cache_policy=NO_CACHE)
+def record_lineage(root: str, commit: bool, message: str) -> dict:
+    """dvc commit (hashes into dvc.lock + cache), then git commit of the lineage files."""
+    ws = Workspace(root)
+    lineage_mod.dvc_commit(ws.root)
+    info = lineage_mod.lock_info(ws.root)
+    head = lineage_mod.git_commit_lineage(ws.root, message) if commit else lineage_mod.git_head(ws.root)
+    clean, status = lineage_mod.dvc_status_clean(ws.root)
+    data_version = info["outs"].get("prepare", {}).get("data/prepared") or ""
+    return {
+        **info,
+        "git_commit": head,
+        "git_dirty": lineage_mod.git_is_dirty(ws.root),
+        "dvc_status_clean": clean,
+        "dvc_status": status,
+        "data_version": data_version,
+    }
+
+
+@task(name="log-to-mlflow", cache_policy=NO_CACHE)
+def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage) -> dict:
+    from tasks import tracking
+
+    return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage)

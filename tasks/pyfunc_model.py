@@ -1,0 +1,27 @@
+"""The served model: an MLflow pyfunc that loads the S constituents and aggregates.
+
+Input: images as an array or DataFrame, either (N, C, H, W) uint8 or flattened
+(N, C*H*W) pixel values in 0..255. Output: predicted class indices (N,).
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from unlearnflow.ensemble import Ensemble, load_constituent
+
+        spec = json.loads(open(context.artifacts["ensemble"]).read())
+        paths = [context.artifacts[f"shard_{c['shard']}"] for c in spec["constituents"]]
+        self.ensemble = Ensemble.from_files(paths, spec["method"], spec["classes"])
+        self.input_shape = tuple(load_constituent(paths[0])[1]["spec"]["input_shape"])
+
+    def predict(self, context, model_input, params=None):
+        x = np.asarray(model_input)
+        x = x.reshape((len(x), *self.input_shape)).astype(np.uint8)  # (N, C, H, W)
+        return self.ensemble.predict(x)

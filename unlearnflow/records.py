@@ -1,0 +1,134 @@
+"""Records with identities: the unit that erasure requests name.
+
+A ``RecordSet`` holds images as uint8 ``(N, C, H, W)``, integer labels and, per
+record, a ``record_id`` derived from its content and a ``subject_id`` (the person
+the record belongs to). Splits, shards and slices are all computed from these
+identities, never from positions, so they do not move when other records come
+or go.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unlearnflow.config import DataConfig
+from unlearnflow.hashing import sha256_hex, stable_bucket, unit_interval
+
+SPLITS = ("train", "test", "holdout")
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+    record_ids: tuple[str, ...]
+    subject_ids: tuple[str, ...]
+    sources: tuple[str, ...]  # where the record came from (file name, or dataset:index)
+    classes: tuple[str, ...]  # class index -> class name
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or len(self.images) != n:
+            raise ValueError(f"images must be uint8 (N, C, H, W) with N={n}; got {self.images.dtype} {self.images.shape}")
+        if not (len(self.record_ids) == len(self.subject_ids) == len(self.sources) == n):
+            raise ValueError("record_ids, subject_ids and sources must have one entry per record")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # (C, H, W)
+
+    def take(self, index) -> "RecordSet":
+        index = np.asarray(index, dtype=np.int64)
+        return RecordSet(
+            images=self.images[index],
+            labels=self.labels[index],
+            record_ids=tuple(self.record_ids[i] for i in index),
+            subject_ids=tuple(self.subject_ids[i] for i in index),
+            sources=tuple(self.sources[i] for i in index),
+            classes=self.classes,
+        )
+
+
+def record_id_for(image: np.ndarray, label: int) -> str:
+    """Content-derived identity: the same pixels with the same label get the same id."""
+    header = f"{label}:{'x'.join(map(str, image.shape))}:".encode()
+    return sha256_hex(header + np.ascontiguousarray(image, dtype=np.uint8).tobytes())[:16]
+
+
+def assign_record_ids(images: np.ndarray, labels: np.ndarray, sources) -> list[str]:
+    """Record ids from content; an exact duplicate is told apart by its source name."""
+    ids, seen = [], set()
+    for image, label, source in zip(images, labels, sources):
+        rid = record_id_for(image, int(label))
+        if rid in seen:
+            rid = sha256_hex(f"{rid}:{source}".encode())[:16]
+        seen.add(rid)
+        ids.append(rid)
+    return ids
+
+
+def synthetic_subjects(record_ids, records_per_subject: int) -> list[str]:
+    """Subjects for packaged datasets, which have no owners.
+
+    Rule: there are ceil(N / records_per_subject) subjects ``s0000``, ``s0001``, ...;
+    a record belongs to subject ``sha256(record_id) mod n_subjects``. Each subject
+    therefore owns about ``records_per_subject`` records of mixed classes, and a
+    record's subject never depends on which other records exist.
+    """
+    n_subjects = max(1, -(-len(record_ids) // records_per_subject))
+    width = len(str(n_subjects - 1))
+    return [f"s{stable_bucket(n_subjects, 'subject', rid):0{width}d}" for rid in record_ids]
+
+
+def split_of(subject_id: str, cfg: DataConfig) -> str:
+    """train / test / holdout, decided per subject so a person's records stay together."""
+    u = unit_interval("split", cfg.split_seed, subject_id)
+    if u < cfg.test_fraction:
+        return "test"
+    if u < cfg.test_fraction + cfg.holdout_fraction:
+        return "holdout"
+    return "train"
+
+
+def split_records(records: RecordSet, cfg: DataConfig) -> dict[str, RecordSet]:
+    splits = np.array([split_of(s, cfg) for s in records.subject_ids])
+    return {name: records.take(np.flatnonzero(splits == name)) for name in SPLITS}
+
+
+# ---- storage: images as .npy (deterministic bytes, unlike .npz), records as CSV ----
+
+CSV_FIELDS = ("record_id", "subject_id", "label", "source")
+
+
+def save_records(records: RecordSet, images_path: Path, table_path: Path) -> None:
+    images_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(images_path, records.images, allow_pickle=False)
+    with open(table_path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("#classes", *records.classes))
+        w.writerow(CSV_FIELDS)
+        for rid, sid, label, src in zip(records.record_ids, records.subject_ids, records.labels, records.sources):
+            w.writerow((rid, sid, int(label), src))
+
+
+def load_records(images_path: Path, table_path: Path) -> RecordSet:
+    images = np.load(images_path, allow_pickle=False)
+    with open(table_path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes = tuple(rows[0][1:])
+    body = rows[2:]
+    return RecordSet(
+        images=images,
+        labels=np.array([int(r[2]) for r in body], dtype=np.int64),
+        record_ids=tuple(r[0] for r in body),
+        subject_ids=tuple(r[1] for r in body),
+        sources=tuple(r[3] for r in body),
+        classes=classes,
+    )

@@ -1,0 +1,151 @@
+"""The pipeline's stages, each one core computation with its file I/O.
+
+    prepare -> partition -> train@k (one per shard) -> aggregate -> evaluate
+
+``dvc repro`` runs them through ``unlearnflow stage NAME`` and the Prefect flow
+through ``tasks/pipeline.py``; both call these functions, so both execute the
+same code. Each takes only its own config section and a ``Layout`` and returns
+a small JSON-able summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from unlearnflow import __version__
+from unlearnflow.aggregators import AGGREGATORS, aggregate
+from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
+from unlearnflow.checkpoints import CheckpointStore
+from unlearnflow.datasets import load_dataset
+from unlearnflow.ensemble import Ensemble, constituent_bytes
+from unlearnflow.hashing import md5_file
+from unlearnflow.layout import Layout
+from unlearnflow.partition import partition, read_shard, write_shard
+from unlearnflow.records import SPLITS, load_records, save_records, split_records
+from unlearnflow.training import Callbacks, ModelSpec, train_constituent
+
+ENSEMBLE_FORMAT = "unlearnflow.ensemble/1"
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def prepare(cfg: DataConfig, layout: Layout) -> dict:
+    """Load the dataset, split it by subject and write each split."""
+    records = load_dataset(cfg)
+    splits = split_records(records, cfg)
+    if layout.prepared.exists():
+        shutil.rmtree(layout.prepared)
+    for name in SPLITS:
+        save_records(splits[name], layout.split_images(name), layout.split_table(name))
+    return {
+        "dataset": cfg.dataset,
+        "records": len(records),
+        "subjects": len(set(records.subject_ids)),
+        "input_shape": list(records.input_shape),
+        "classes": list(records.classes),
+        **{f"{name}_records": len(splits[name]) for name in SPLITS},
+    }
+
+
+def load_split(layout: Layout, split: str):
+    return load_records(layout.split_images(split), layout.split_table(split))
+
+
+def partition_stage(cfg: PartitionConfig, layout: Layout) -> dict:
+    """Write one manifest + pixel file per shard from the training split."""
+    train = load_split(layout, "train")
+    shards = partition(train, cfg)
+    if layout.shards_dir.exists():
+        shutil.rmtree(layout.shards_dir)
+    summary = {"shards": cfg.num_shards, "slices": cfg.slices, "records": len(train), "per_shard": []}
+    for manifest, images in shards:
+        write_shard(manifest, images, layout.shard_manifest(manifest.shard), layout.shard_images(manifest.shard))
+        summary["per_shard"].append(
+            {
+                "shard": manifest.shard,
+                "records": len(manifest),
+                "slice_sizes": [b - a for a, b in manifest.slice_bounds()],
+                "class_counts": manifest.class_counts(len(train.classes)),
+            }
+        )
+    return summary
+
+
+def train_stage(cfg: TrainConfig, layout: Layout, shard: int, callbacks: Callbacks | None = None) -> dict:
+    """Train (or resume) shard ``shard``'s constituent and write its model file."""
+    manifest, images = read_shard(layout.shard_manifest(shard), layout.shard_images(shard))
+    spec = ModelSpec(cfg.model, tuple(int(d) for d in images.shape[1:]), len(manifest.classes))
+    result = train_constituent(manifest, images, spec, cfg, CheckpointStore(layout.checkpoints), callbacks)
+    out = layout.model(shard)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(constituent_bytes(spec, result.state_dict, result.slice_keys[-1], shard))
+    return {
+        "shard": shard,
+        "records": len(manifest),
+        "slice_keys": result.slice_keys,
+        "resumed_from": result.resumed_from,
+        "trained_stages": result.trained_stages,
+        "seconds": round(result.seconds, 3),
+        "manifest_md5": md5_file(layout.shard_manifest(shard)),
+        "images_md5": md5_file(layout.shard_images(shard)),
+        "model_md5": md5_file(out),
+    }
+
+
+def aggregate_stage(cfg: AggregateConfig, partition_cfg: PartitionConfig, layout: Layout) -> dict:
+    """Describe the ensemble: which constituent files (by md5) and which rule."""
+    constituents = []
+    for shard in partition_cfg.shards:
+        path = layout.model(shard)
+        if not path.is_file():
+            raise FileNotFoundError(f"constituent of shard {shard} is missing: {path} (run the train stage first)")
+        constituents.append({"shard": shard, "path": layout.rel(path), "md5": md5_file(path)})
+    manifest0 = json.loads(layout.shard_manifest(partition_cfg.shards[0]).read_text())
+    ensemble = {
+        "format": ENSEMBLE_FORMAT,
+        "method": cfg.method,
+        "classes": manifest0["classes"],
+        "constituents": constituents,
+        "unlearnflow_version": __version__,
+    }
+    AGGREGATORS.get(cfg.method)  # unknown method: fail before writing anything
+    write_json(layout.ensemble, ensemble)
+    return ensemble
+
+
+def load_ensemble(layout: Layout) -> Ensemble:
+    spec = json.loads(layout.ensemble.read_text())
+    for c in spec["constituents"]:
+        actual = md5_file(layout.root / c["path"])
+        if actual != c["md5"]:
+            raise ValueError(f"{c['path']} has md5 {actual}, but {layout.rel(layout.ensemble)} expects {c['md5']}")
+    return Ensemble.from_files([layout.root / c["path"] for c in spec["constituents"]], spec["method"], spec["classes"])
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(labels)).mean()) if len(labels) else float("nan")
+
+
+def evaluate_stage(layout: Layout) -> dict:
+    """Test accuracy of every constituent and of the ensemble under each aggregation rule."""
+    ensemble = load_ensemble(layout)
+    test = load_split(layout, "test")
+    probs = ensemble.constituent_probs(test.images)  # (S, N, K)
+
+    by_method = {m: accuracy(aggregate(probs, m).argmax(1), test.labels) for m in AGGREGATORS.names()}
+    metrics = {
+        "test_records": len(test),
+        "ensemble_accuracy": by_method[ensemble.method],
+        "aggregation": ensemble.method,
+        "accuracy_by_aggregation": by_method,
+        "shard_accuracy": {str(s): accuracy(p.argmax(1), test.labels) for s, p in enumerate(probs)},
+    }
+    write_json(layout.metrics, metrics)
+    return metrics
