@@ -32,8 +32,10 @@ def quiet_telemetry() -> None:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DVC_NO_ANALYTICS": "1",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("unlearnflow").setLevel(logging.INFO)  # per-stage progress lines
 
 
 def log_to_stderr() -> None:

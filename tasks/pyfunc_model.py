@@ -1,5 +1,8 @@
 """The served model: an MLflow pyfunc that loads the S constituents and aggregates.
 
+Logged as MLflow "models from code": MLflow stores this file and runs it on load
+(``set_model`` below), so no Python object is pickled.
+
 Input: images as an array or DataFrame, either (N, C, H, W) uint8 or flattened
 (N, C*H*W) pixel values in 0..255. Output: predicted class indices (N,).
 """
@@ -7,9 +10,14 @@ Input: images as an array or DataFrame, either (N, C, H, W) uint8 or flattened
 from __future__ import annotations
 
 import json
+import warnings
 
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+
+# Inputs are reshaped and validated in predict(); MLflow's type-hint validation does not apply.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
@@ -25,3 +33,6 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         x = np.asarray(model_input)
         x = x.reshape((len(x), *self.input_shape)).astype(np.uint8)  # (N, C, H, W)
         return self.ensemble.predict(x)
+
+
+mlflow.models.set_model(EnsemblePyfunc())

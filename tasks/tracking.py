@@ -20,7 +20,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from tasks.pyfunc_model import EnsemblePyfunc
+from tasks import pyfunc_model
 from tasks.workspace import Workspace
 from unlearnflow.config import Params
 
@@ -116,17 +116,21 @@ def log_training(
                         pd.DataFrame(records), source=manifest_path.as_uri(), name=f"shard_{k}",
                         digest=s["manifest_md5"],
                     )
-                mlflow.log_input(dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"})
+                    mlflow.log_input(
+                        dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"}
+                    )
         artifacts = {"ensemble": str(layout.ensemble)}
         artifacts.update({f"shard_{c['shard']}": str(layout.root / c["path"]) for c in ensemble["constituents"]})
-        info = mlflow.pyfunc.log_model(
-            name="ensemble",
-            python_model=EnsemblePyfunc(),
-            artifacts=artifacts,
-            code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
-            pip_requirements=_pip_requirements(),
-            registered_model_name=params.tracking.registered_model,
-        )
+        with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name="ensemble",
+                python_model=str(Path(pyfunc_model.__file__).resolve()),
+                artifacts=artifacts,
+                code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
+                pip_requirements=_pip_requirements(),
+                registered_model_name=params.tracking.registered_model,
+            )
         version = str(info.registered_model_version)
         mlflow.log_dict(ensemble, "ensemble.json")
         mlflow.log_dict(metrics, "metrics/eval.json")
