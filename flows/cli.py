@@ -25,15 +25,18 @@ STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
 WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n__pycache__/\n"
 
 
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (and no "database is locked" from it)
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",  # our progress lines in the flow run's logs
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 def quiet_telemetry() -> None:
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }.items():
+    for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     logging.getLogger("unlearnflow").setLevel(logging.INFO)  # per-stage progress lines
 
@@ -158,9 +161,9 @@ def cmd_ui(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from tasks.pipeline import progress_callbacks
     from tasks.workspace import Workspace
     from unlearnflow import stages
+    from unlearnflow.progress import progress_callbacks
 
     ws = Workspace(args.workspace)
     params = ws.load_params()

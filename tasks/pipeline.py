@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -12,23 +10,7 @@ from tasks.workspace import Workspace
 from unlearnflow import stages
 from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.layout import Layout
-from unlearnflow.training import Callbacks
-
-log = logging.getLogger("unlearnflow")
-
-
-def progress_callbacks() -> Callbacks:
-    """Log a line per slice stage: long training shows where it is."""
-    cb = Callbacks()
-    cb.add("on_start", lambda shard, resumed_from, num_stages: log.info(
-        "shard %d: %s", shard,
-        "all %d slice stages reused from checkpoints" % num_stages if resumed_from == num_stages - 1
-        else f"resuming after stage {resumed_from + 1}/{num_stages}" if resumed_from >= 0
-        else f"training {num_stages} slice stages from scratch"))
-    cb.add("on_epoch_end", lambda shard, stage, epoch, epochs, loss, records: epoch == epochs - 1 and log.info(
-        "shard %d: stage %d done (%d records, %d epochs, loss %.4f)", shard, stage + 1, records, epochs, loss))
-    cb.add("on_end", lambda shard, seconds, trained_stages: log.info("shard %d: finished in %.1fs", shard, seconds))
-    return cb
+from unlearnflow.progress import progress_callbacks
 
 
 @task(name="prepare", cache_policy=NO_CACHE)

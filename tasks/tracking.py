@@ -41,7 +41,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _pip_requirements() -> list[str]:
     import importlib.metadata as md
 
-    return [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "numpy", "pandas")]
+    return [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "torchvision", "numpy", "pandas")]
 
 
 def setup(ws: Workspace, experiment: str) -> str:

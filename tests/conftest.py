@@ -9,14 +9,9 @@ from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="unlearnflow-tests-"))
 os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
-for key, value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",
-}.items():
-    os.environ[key] = value
+from flows.cli import QUIET_ENV  # noqa: E402  (imports no Prefect)
+
+os.environ.update(QUIET_ENV)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 

@@ -161,3 +161,47 @@ def test_bad_params_fail_before_any_work(tmp_path, capsys, overrides, message):
     assert cli("train", "-C", str(ws.root)) == 2
     assert message in capsys.readouterr().err
     assert not (ws.root / "data").exists() and not (ws.root / "dvc.lock").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_server_shows_the_lineage(trained):
+    """`unlearnflow ui` starts a real MLflow server on the workspace's store; its REST API
+    returns the training run and one child run per constituent."""
+    import time
+    import urllib.request
+
+    ws, first, _ = trained
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "-C", str(ws.root), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [first["mlflow"]["experiment_id"]], "max_results": 100}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        children = [t for t in tags if t.get("mlflow.parentRunId") == first["mlflow"]["run_id"]]
+        assert sorted(t["manifest_md5"] for t in children) == sorted(s["manifest_md5"] for s in first["shards"])
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

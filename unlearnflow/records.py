@@ -87,6 +87,20 @@ def synthetic_subjects(record_ids, records_per_subject: int) -> list[str]:
     return [f"s{stable_bucket(n_subjects, 'subject', rid):0{width}d}" for rid in record_ids]
 
 
+def packaged_records(name: str, images: np.ndarray, labels: np.ndarray, classes, records_per_subject: int) -> RecordSet:
+    """A RecordSet for a packaged dataset: sources ``name:index``, content ids, synthetic subjects."""
+    sources = [f"{name}:{i}" for i in range(len(labels))]
+    ids = assign_record_ids(images, labels, sources)
+    return RecordSet(
+        images=images,
+        labels=labels.astype(np.int64),
+        record_ids=tuple(ids),
+        subject_ids=tuple(synthetic_subjects(ids, records_per_subject)),
+        sources=tuple(sources),
+        classes=tuple(str(c) for c in classes),
+    )
+
+
 def split_of(subject_id: str, cfg: DataConfig) -> str:
     """train / test / holdout, decided per subject so a person's records stay together."""
     u = unit_interval("split", cfg.split_seed, subject_id)

