@@ -12,7 +12,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+log=.venv/pip-install.log
+echo "setup: installing into .venv (about 2 minutes the first time; log: $log)"
+if ! { .venv/bin/python -m pip install --upgrade pip &&
+       .venv/bin/python -m pip install -c constraints.txt -e '.[dev]'; } >"$log" 2>&1; then
+  tail -n 40 "$log" >&2
+  echo "setup: pip install failed; full log in $log" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python --version))"

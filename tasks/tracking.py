@@ -20,11 +20,11 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from tasks import pyfunc_model
 from tasks.workspace import Workspace
 from unlearnflow.config import Params
 
 PRODUCTION = "production"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")  # logged as code; importing it would register it
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -125,7 +125,7 @@ def log_training(
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
-                python_model=str(Path(pyfunc_model.__file__).resolve()),
+                python_model=str(PYFUNC_FILE),
                 artifacts=artifacts,
                 code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
                 pip_requirements=_pip_requirements(),
