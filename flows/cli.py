@@ -2,6 +2,7 @@
 
     unlearnflow init DIR        create a git + DVC workspace (params.yaml, dvc.yaml)
     unlearnflow train           run the Prefect training flow in the workspace
+    unlearnflow forget ...      file an erasure request and carry it out (rectify: correct a label)
     unlearnflow status          production model, shards and data version
     unlearnflow ui              start the MLflow UI on the workspace's store
     unlearnflow stage NAME      one pipeline stage (what dvc.yaml's commands call)
@@ -22,7 +23,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
-WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n__pycache__/\n"
+WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n/.unlearnflow/\n/ledger/*.lock\n__pycache__/\n"
 
 
 QUIET_ENV = {
@@ -70,6 +71,10 @@ def cmd_init(args) -> int:
     check_names(parse_params(yaml.safe_load(text)))  # unknown dataset/model: fail before creating anything
     target.mkdir(parents=True, exist_ok=True)
     (target / "params.yaml").write_text(text)
+    from unlearnflow.ledger import Ledger
+    from unlearnflow.layout import Layout
+
+    Ledger(Layout(target).ledger).ensure()
     shutil.copy(REPO_ROOT / "dvc.yaml", target / "dvc.yaml")
     with open(target / ".gitignore", "a") as f:
         f.write(WORKSPACE_GITIGNORE)
@@ -80,7 +85,7 @@ def cmd_init(args) -> int:
     if not (target / ".dvc").exists():
         dvc(target, "init", "--quiet")
         dvc(target, "config", "core.analytics", "false")
-    git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore")
+    git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore", "ledger/requests.jsonl")
     identity = [] if git(target, "config", "user.email", check=False).stdout.strip() else GIT_IDENTITY
     git(target, *identity, "commit", "--quiet", "-m", "unlearnflow init")
     print(f"workspace ready: {target}\nnext: cd {target} && unlearnflow train")
@@ -108,6 +113,142 @@ def cmd_train(args) -> int:
     print(f"lineage: git {(lin['git_commit'] or '-')[:10]}, dvc.lock md5 {lin['dvc_lock_md5'][:10]}, "
           f"data version {lin['data_version'][:10]}, dvc status {'clean' if lin['dvc_status_clean'] else 'NOT clean'}")
     print(f"inspect: unlearnflow ui -C {result['workspace']}  (experiment id {ml['experiment_id']}, run {ml['run_id']})")
+    return 0
+
+
+def _file_request(args, kind: str):
+    from tasks.erasure import now
+    from tasks.workspace import Workspace
+    from unlearnflow.erasure import make_request
+
+    ws = Workspace(args.workspace)
+    ws.check()
+    params = ws.load_params()
+    label = None
+    if kind == "rectify":
+        classes = _classes(ws, params)
+        label = classes.index(args.label) if args.label in classes else (
+            int(args.label) if args.label.isdigit() and int(args.label) < len(classes) else None)
+        if label is None:
+            print(f"error: --label {args.label!r} is not a class; valid choices: {', '.join(classes)} "
+                  f"(or an index 0..{len(classes) - 1})", file=sys.stderr)
+            return ws, None, False
+    request = make_request(kind, params.data, ws.secret_key(), subjects=getattr(args, "subject", None) or (),
+                           records=args.record or (), files=getattr(args, "file", None) or (), label=label)
+    request_id, new = ws.ledger().file(request, now())
+    print(f"request {request_id} {'filed' if new else 'was already filed (no second effect)'}")
+    return ws, request_id, new
+
+
+def _classes(ws, params) -> list[str]:
+    summary = ws.layout.prepared_summary
+    if summary.is_file():
+        return json.loads(summary.read_text())["classes"]
+    from unlearnflow.datasets import load_dataset
+
+    return list(load_dataset(params.data).classes)
+
+
+def _run_erase_and_report(ws, args) -> int:
+    from flows.erase import run_erase
+
+    result = run_erase(str(ws.root), commit=not args.no_commit)
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    print()
+    if result["status"] == "idle":
+        print(result["message"])
+        return 0
+    for r in result["requests"]:
+        print(f"  request {r['request_id']} ({r['kind']}): {r['records']} record(s)"
+              + ("  -- matched nothing; recorded as unmatched" if not r["records"] else ""))
+    print(f"erasure {result['erasure_id']}: removed {result['erased_records']} record(s)")
+    for k, a in result["affected"].items():
+        print(f"  shard {k}: retrained from slice {a['first_retrained_slice']} "
+              f"(resumed from {a['resumed_from_checkpoint'][:12] + '…' if a['resumed_from_checkpoint'] else 'scratch'})")
+    untouched = [str(s["shard"]) for s in result["shards"] if not s["trained_stages"]]
+    print(f"  shards with no training: {', '.join(untouched) or 'none'}")
+    f = result["forgotten"]
+    if f.get("erased_records"):
+        print(f"  erased records now: mean loss {f['erased_mean_loss']:.3f}, confidence {f['erased_mean_confidence']:.3f} "
+              f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f})")
+    m = result["mlflow"]
+    print(f"model version {m['version']} ({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); "
+          f"previous {result['previous_version'] or '-'}; superseded versions purged: {result['superseded_purged']}")
+    print(f"certificate {result['certificate']}")
+    print(f"compute {result['compute_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
+    return 0
+
+
+def cmd_forget(args) -> int:
+    if not (args.subject or args.record or args.file):
+        print("error: name at least one --subject, --record or --file", file=sys.stderr)
+        return 2
+    ws, request_id, _ = _file_request(args, "forget")
+    if args.no_wait:
+        return 0
+    return _run_erase_and_report(ws, args)
+
+
+def cmd_rectify(args) -> int:
+    ws, request_id, _ = _file_request(args, "rectify")
+    if request_id is None:
+        return 2
+    if args.no_wait:
+        return 0
+    return _run_erase_and_report(ws, args)
+
+
+def cmd_erase(args) -> int:
+    from tasks.workspace import Workspace
+
+    return _run_erase_and_report(Workspace(args.workspace), args)
+
+
+def cmd_verify(args) -> int:
+    from tasks.verification import verify
+    from tasks.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    ws.check()
+    checks = verify(ws, retrain=args.retrain or args.retrain_all, retrain_all=args.retrain_all)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=1))
+    else:
+        for c in checks:
+            print(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_lineage(args) -> int:
+    from tasks.tracking import version_history
+    from tasks.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    ws.check()
+    history = version_history(ws, ws.load_params().tracking.registered_model, args.version)
+    if args.json:
+        print(json.dumps(history, indent=1))
+        return 0
+    if not history:
+        print("no registered model versions yet")
+        return 0
+    for h in history:
+        t = h["tags"]
+        print(f"v{h['version']}  {h['created']}  {t.get('kind', 'train'):5s}  {' '.join(h['aliases'])}")
+        print(f"    data version {t.get('data_version', '-')[:12]}  dvc.lock {t.get('dvc_lock_md5', '-')[:12]}  "
+              f"git {t.get('git_commit', '-')[:10]}  test accuracy {t.get('ensemble_test_accuracy', '-')}  "
+              f"guarantee {t.get('guarantee', '-')}")
+        if t.get("erasure_id"):
+            print(f"    erasure {t['erasure_id']}: requests {t.get('erasure_requests', '-')}; "
+                  f"unmatched {t.get('erasure_unmatched') or 'none'}")
+            print(f"    retrained shards {h['run_tags'].get('affected_shards', '-')} from slices "
+                  f"{h['run_tags'].get('affected_slices', '-')}; previous version v{h['run_tags'].get('previous_version') or '-'}")
+        if t.get("promotion"):
+            print(f"    {t['promotion']}")
+        if t.get("purged"):
+            print(f"    model files purged: {t['purged']}")
     return 0
 
 
@@ -170,7 +311,7 @@ def cmd_stage(args) -> int:
     layout = ws.layout
     log_to_stderr()
     if args.name == "prepare":
-        out = stages.prepare(params.data, layout)
+        out = stages.prepare(params.data, layout, ws.secret_key(), ws.ledger().read(), ws.tombstones())
     elif args.name == "partition":
         out = stages.partition_stage(params.partition, layout)
     elif args.name == "train":
@@ -215,6 +356,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train", "train (or resume) all constituents with the Prefect flow, record lineage, register the model", cmd_train)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit dvc.lock afterwards")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("forget", "file an erasure request (right to be forgotten) and carry it out", cmd_forget)
+    sp.add_argument("--subject", action="append", help="a person: all their records (repeatable)")
+    sp.add_argument("--record", action="append", help="a record id (repeatable)")
+    sp.add_argument("--file", action="append", help="a source file name, e.g. Away_image03.JPG (repeatable)")
+    sp.add_argument("--no-wait", action="store_true", help="only file the request; a later erase runs it")
+    sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
+    sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("rectify", "file a label correction (right to rectification) and retrain exactly", cmd_rectify)
+    sp.add_argument("--record", action="append", required=True, help="a record id (repeatable)")
+    sp.add_argument("--label", required=True, help="the corrected label: a class name or index")
+    sp.add_argument("--no-wait", action="store_true", help="only file the request")
+    sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
+    sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("erase", "carry out every pending request in the ledger as one batch", cmd_erase)
+    sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
+    sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("verify", "check the erasure promises using only the workspace and MLflow (exit 1 on failure)", cmd_verify)
+    sp.add_argument("--retrain", action="store_true",
+                    help="also retrain the latest erasure's constituents from scratch and compare bitwise")
+    sp.add_argument("--retrain-all", action="store_true", help="retrain and compare every constituent")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("lineage", "print the history of a model version (default: all versions, newest first)", cmd_lineage)
+    sp.add_argument("--version", help="start from this version and go back")
+    sp.add_argument("--json", action="store_true")
 
     sp = add("status", "show the production model version, shards and data version", cmd_status)
     sp.add_argument("--json", action="store_true", help="machine-readable output")

@@ -40,6 +40,11 @@ def dvc_commit(root: Path) -> None:
     dvc(root, "commit", "--force", "--quiet")
 
 
+def dvc_gc_workspace(root: Path) -> None:
+    """Drop every DVC cache object the current workspace does not use (erased data included)."""
+    dvc(root, "gc", "--workspace", "--force", "--quiet")
+
+
 def dvc_status_clean(root: Path) -> tuple[bool, str]:
     out = dvc(root, "status").stdout.strip()
     return ("up to date" in out, out)
@@ -75,6 +80,9 @@ def lineage_paths(root: Path) -> list[str]:
             ignore = (root / out["path"]).parent / ".gitignore"
             if ignore.is_file():
                 paths.add(ignore.relative_to(root).as_posix())
+    for extra in ("ledger/requests.jsonl", "lineage/certificates"):
+        if (root / extra).exists():
+            paths.add(extra)
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
     for stage in dvc_yaml.get("stages", {}).values():
         for entry in stage.get("metrics", []):

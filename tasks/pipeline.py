@@ -15,7 +15,8 @@ from unlearnflow.progress import progress_callbacks
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare(cfg: DataConfig, root: str) -> dict:
-    return stages.prepare(cfg, Layout(root))
+    ws = Workspace(root)
+    return stages.prepare(cfg, ws.layout, ws.secret_key(), ws.ledger().read(), ws.tombstones())
 
 
 @task(name="partition", cache_policy=NO_CACHE)
@@ -39,10 +40,13 @@ def evaluate(root: str) -> dict:
 
 
 @task(name="record-lineage", cache_policy=NO_CACHE)
-def record_lineage(root: str, commit: bool, message: str) -> dict:
-    """dvc commit (hashes into dvc.lock + cache), then git commit of the lineage files."""
+def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> dict:
+    """dvc commit (hashes into dvc.lock + cache), then git commit of the lineage files.
+    With ``gc``, cache objects the workspace no longer uses (erased data) are deleted."""
     ws = Workspace(root)
     lineage_mod.dvc_commit(ws.root)
+    if gc:
+        lineage_mod.dvc_gc_workspace(ws.root)
     info = lineage_mod.lock_info(ws.root)
     head = lineage_mod.git_commit_lineage(ws.root, message) if commit else lineage_mod.git_head(ws.root)
     clean, status = lineage_mod.dvc_status_clean(ws.root)

@@ -13,6 +13,8 @@ dataset input whose digest is the DVC md5.
 from __future__ import annotations
 
 import json
+import shutil
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -55,26 +57,29 @@ def setup(ws: Workspace, experiment: str) -> str:
     return exp_id
 
 
-def log_training(
-    ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict
+def log_pipeline_run(
+    ws: Workspace, params: Params, *, kind: str, run_name: str, prepared: dict, shards: list[dict],
+    child_shards: list[int], ensemble: dict, metrics: dict, lineage: dict, extra_tags: dict | None = None,
+    extra_metrics: dict | None = None,
 ) -> dict:
-    """Log one training flow; returns {run_id, version, promoted, reason}."""
+    """Log one pipeline run (training or erasure) and register its ensemble as a new version.
+
+    The version is not promoted here: callers move ``production`` with ``promote`` once
+    every step of their flow has succeeded. Returns {run_id, version, experiment_id}.
+    """
     setup(ws, params.tracking.experiment)
     layout = ws.layout
     lock_outs = lineage["outs"]
-    with mlflow.start_run(run_name=f"train-{lineage['data_version'][:8]}") as parent:
+    common = {
+        "git_commit": lineage["git_commit"] or "",
+        "dvc_lock_md5": lineage["dvc_lock_md5"],
+        "data_version": lineage["data_version"],
+        "guarantee": "exact",
+    }
+    with mlflow.start_run(run_name=run_name) as parent:
         mlflow.log_params(_flatten(params.to_dict()))
-        mlflow.set_tags(
-            {
-                "unlearnflow.kind": "train",
-                "git_commit": lineage["git_commit"] or "",
-                "git_dirty": str(lineage["git_dirty"]),
-                "dvc_lock_md5": lineage["dvc_lock_md5"],
-                "data_version": lineage["data_version"],
-                "dataset": prepared["dataset"],
-                "guarantee": "exact",
-            }
-        )
+        mlflow.set_tags({"unlearnflow.kind": kind, "git_dirty": str(lineage["git_dirty"]),
+                         "dataset": prepared["dataset"], **common, **(extra_tags or {})})
         mlflow.log_metrics(
             {
                 "ensemble_test_accuracy": metrics["ensemble_accuracy"],
@@ -82,43 +87,12 @@ def log_training(
                 "train_records": prepared["train_records"],
                 "test_records": prepared["test_records"],
                 "train_seconds_total": sum(s["seconds"] for s in shards),
+                **(extra_metrics or {}),
             }
         )
         for s in shards:
-            k = s["shard"]
-            with mlflow.start_run(run_name=f"shard-{k}", nested=True):
-                manifest_path = layout.shard_manifest(k)
-                stage_outs = lock_outs.get(f"train@{k}", {})
-                mlflow.set_tags(
-                    {
-                        "unlearnflow.kind": "constituent",
-                        "shard": str(k),
-                        "dvc_stage": f"train@{k}",
-                        "manifest_path": layout.rel(manifest_path),
-                        "manifest_md5": s["manifest_md5"],
-                        "images_md5": s["images_md5"],
-                        "model_md5": s["model_md5"],
-                        "dvc_model_md5": stage_outs.get(layout.rel(layout.model(k)), ""),
-                        "checkpoint_key": s["slice_keys"][-1],
-                        "resumed_from_stage": str(s["resumed_from"]),
-                        "git_commit": lineage["git_commit"] or "",
-                    }
-                )
-                mlflow.log_params({"shard": k, "records": s["records"], "slice_keys": json.dumps(s["slice_keys"])})
-                mlflow.log_metrics(
-                    {"test_accuracy": metrics["shard_accuracy"][str(k)], "train_seconds": s["seconds"],
-                     "trained_stages": len(s["trained_stages"])}
-                )
-                records = json.loads(manifest_path.read_text())["records"]
-                with warnings.catch_warnings():  # schema-inference hints about int columns: not actionable here
-                    warnings.simplefilter("ignore", UserWarning)
-                    dataset = mlflow.data.from_pandas(
-                        pd.DataFrame(records), source=manifest_path.as_uri(), name=f"shard_{k}",
-                        digest=s["manifest_md5"],
-                    )
-                    mlflow.log_input(
-                        dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"}
-                    )
+            if s["shard"] in child_shards:
+                _log_constituent(layout, s, metrics, lock_outs, lineage)
         artifacts = {"ensemble": str(layout.ensemble)}
         artifacts.update({f"shard_{c['shard']}": str(layout.root / c["path"]) for c in ensemble["constituents"]})
         with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
@@ -137,28 +111,100 @@ def log_training(
         run_id = parent.info.run_id
 
     client = MlflowClient()
+    version_tags = {**common, "shards": str(len(shards)), "kind": kind,
+                    "ensemble_test_accuracy": f"{metrics['ensemble_accuracy']:.4f}",
+                    "constituent_md5s": json.dumps({str(c["shard"]): c["md5"] for c in ensemble["constituents"]}),
+                    **{k: v for k, v in (extra_tags or {}).items() if k.startswith("erasure")}}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(params.tracking.registered_model, version, key, value)
+    return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
+
+
+def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: dict) -> None:
+    k = s["shard"]
+    with mlflow.start_run(run_name=f"shard-{k}", nested=True):
+        manifest_path = layout.shard_manifest(k)
+        stage_outs = lock_outs.get(f"train@{k}", {})
+        mlflow.set_tags(
+            {
+                "unlearnflow.kind": "constituent",
+                "shard": str(k),
+                "dvc_stage": f"train@{k}",
+                "manifest_path": layout.rel(manifest_path),
+                "manifest_md5": s["manifest_md5"],
+                "images_md5": s["images_md5"],
+                "model_md5": s["model_md5"],
+                "dvc_model_md5": stage_outs.get(layout.rel(layout.model(k)), ""),
+                "checkpoint_key": s["slice_keys"][-1],
+                "resumed_from_stage": str(s["resumed_from"]),
+                "git_commit": lineage["git_commit"] or "",
+            }
+        )
+        mlflow.log_params({"shard": k, "records": s["records"], "slice_keys": json.dumps(s["slice_keys"])})
+        mlflow.log_metrics(
+            {"test_accuracy": metrics["shard_accuracy"][str(k)], "train_seconds": s["seconds"],
+             "trained_stages": len(s["trained_stages"])}
+        )
+        records = json.loads(manifest_path.read_text())["records"]
+        with warnings.catch_warnings():  # schema-inference hints about int columns: not actionable here
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                pd.DataFrame(records), source=manifest_path.as_uri(), name=f"shard_{k}", digest=s["manifest_md5"],
+            )
+            mlflow.log_input(dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"})
+
+
+def promote(ws: Workspace, params: Params, version: str, metrics: dict) -> dict:
+    """Move ``production`` to ``version`` if it passes the promote gate; record the decision."""
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
     name = params.tracking.registered_model
-    for key, value in {
-        "data_version": lineage["data_version"],
-        "dvc_lock_md5": lineage["dvc_lock_md5"],
-        "git_commit": lineage["git_commit"] or "",
-        "guarantee": "exact",
-        "shards": str(len(shards)),
-        "ensemble_test_accuracy": f"{metrics['ensemble_accuracy']:.4f}",
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
     gate = params.promote.min_test_accuracy
-    promoted = metrics["ensemble_accuracy"] >= gate
-    reason = (
-        f"test accuracy {metrics['ensemble_accuracy']:.4f} >= promote.min_test_accuracy {gate}"
-        if promoted
-        else f"test accuracy {metrics['ensemble_accuracy']:.4f} < promote.min_test_accuracy {gate}"
-    )
+    acc = metrics["ensemble_accuracy"]
+    promoted = acc >= gate
+    reason = f"test accuracy {acc:.4f} {'>=' if promoted else '<'} promote.min_test_accuracy {gate}"
     client.set_model_version_tag(name, version, "promotion", ("promoted: " if promoted else "held back: ") + reason)
     if promoted:
         client.set_registered_model_alias(name, PRODUCTION, version)
-    return {"run_id": run_id, "version": version, "promoted": promoted, "reason": reason,
-            "experiment_id": parent.info.experiment_id}
+    return {"promoted": promoted, "reason": reason}
+
+
+def log_training(
+    ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict
+) -> dict:
+    """A training flow's run (a child per constituent), registered and, if good, promoted."""
+    out = log_pipeline_run(
+        ws, params, kind="train", run_name=f"train-{lineage['data_version'][:8]}", prepared=prepared,
+        shards=shards, child_shards=[s["shard"] for s in shards], ensemble=ensemble, metrics=metrics, lineage=lineage,
+    )
+    return {**out, **promote(ws, params, out["version"], metrics)}
+
+
+def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: str) -> list[str]:
+    """Delete the stored model files of every other version (they were trained on erased data).
+
+    Registry entries stay, tagged ``purged``, so the history remains readable.
+    Only local (file://) artifact stores are handled.
+    """
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
+    name = params.tracking.registered_model
+    purged = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if str(mv.version) == str(keep_version) or mv.tags.get("purged"):
+            continue
+        if mv.source.startswith("models:/"):
+            location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
+        else:
+            location = mv.source
+        path = Path(urllib.parse.urlparse(location).path) if location.startswith("file:") else Path(location)
+        if not path.is_absolute() or not str(path).startswith(str(ws.root)):
+            raise RuntimeError(f"cannot purge model version {mv.version}: its artifacts are not in this workspace "
+                               f"({location}); delete them from that store by hand")
+        shutil.rmtree(path, ignore_errors=True)
+        client.set_model_version_tag(name, mv.version, "purged", reason)
+        purged.append(str(mv.version))
+    return purged
 
 
 def production_version(ws: Workspace, registered_model: str):
@@ -169,3 +215,36 @@ def production_version(ws: Workspace, registered_model: str):
         return client.get_model_version_by_alias(registered_model, PRODUCTION)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def log_certificate(ws: Workspace, run_id: str, path: str) -> None:
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    MlflowClient().log_artifact(run_id, path, "certificate")
+
+
+def version_history(ws: Workspace, registered_model: str, start: str | None = None) -> list[dict]:
+    """Registered versions (newest first, from ``start`` back) with their tags and run tags."""
+    import datetime as dt
+
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{registered_model}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    versions = sorted(versions, key=lambda v: int(v.version), reverse=True)
+    if start is not None:
+        versions = [v for v in versions if int(v.version) <= int(start)]
+    out = []
+    for v in versions:
+        v = client.get_model_version(registered_model, v.version)  # search results carry no aliases
+        run = client.get_run(v.run_id)
+        out.append({
+            "version": str(v.version),
+            "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
+            "aliases": list(v.aliases),
+            "tags": dict(v.tags),
+            "run_id": v.run_id,
+            "run_tags": {k: val for k, val in run.data.tags.items() if not k.startswith("mlflow.")},
+        })
+    return out

@@ -7,6 +7,7 @@ here, once, into ``unlearnflow.config.Params``.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ import yaml
 
 from unlearnflow.config import Params, parse_params
 from unlearnflow.errors import ConfigError, UnlearnflowError
+from unlearnflow.erasure import read_tombstones
 from unlearnflow.layout import Layout
+from unlearnflow.ledger import Ledger
 
 
 class NotAWorkspace(UnlearnflowError):
@@ -53,6 +56,33 @@ class Workspace:
         except yaml.YAMLError as e:
             raise ConfigError(f"{self.params_path} is not valid YAML: {e}") from e
         return parse_params(raw)
+
+    def secret_key(self) -> bytes:
+        """The HMAC key for subject and file pseudonyms: UNLEARNFLOW_SUBJECT_KEY, else
+        .unlearnflow/subject.key (git-ignored), created with 32 random bytes on first use."""
+        env = os.environ.get("UNLEARNFLOW_SUBJECT_KEY")
+        if env:
+            return env.encode()
+        path = self.layout.private / "subject.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+        return path.read_text().strip().encode()
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.layout.ledger)
+
+    def pending_requests(self) -> list:
+        from unlearnflow.certificates import completed_requests
+
+        return self.ledger().read().pending(completed_requests(self.layout.certificates))
+
+    def tombstones(self) -> dict[str, str]:
+        return read_tombstones(self.layout.tombstones)
 
     @property
     def tracking_uri(self) -> str:

@@ -17,12 +17,15 @@ from unlearnflow.training import ModelSpec, predict_proba
 CONSTITUENT_FORMAT = "unlearnflow.constituent/1"
 
 
-def constituent_bytes(spec: ModelSpec, state_dict: dict, checkpoint_key: str, shard: int) -> bytes:
-    """Serialised constituent. Deterministic: same weights and metadata, same bytes."""
+def constituent_bytes(spec: ModelSpec, state_dict: dict, slice_keys: list[str], shard: int) -> bytes:
+    """Serialised constituent. Deterministic: same weights and metadata, same bytes.
+
+    ``slice_keys`` are the checkpoint keys of its slice stages (the last one names
+    the weights); an erasure compares them to find the first affected slice."""
     buf = io.BytesIO()
     torch.save(
-        {"format": CONSTITUENT_FORMAT, "shard": shard, "spec": spec.to_json(), "checkpoint_key": checkpoint_key,
-         "state_dict": state_dict},
+        {"format": CONSTITUENT_FORMAT, "shard": shard, "spec": spec.to_json(), "checkpoint_key": slice_keys[-1],
+         "slice_keys": list(slice_keys), "state_dict": state_dict},
         buf,
     )
     return buf.getvalue()
@@ -37,7 +40,7 @@ def load_constituent(path: str | Path) -> tuple[nn.Module, dict]:
     model = create_model(spec.name, spec.input_shape, spec.num_classes, seed=0)
     model.load_state_dict(obj["state_dict"])
     model.eval()
-    meta = {k: obj[k] for k in ("shard", "spec", "checkpoint_key")}
+    meta = {k: obj[k] for k in ("shard", "spec", "checkpoint_key", "slice_keys")}
     return model, meta
 
 

@@ -1,12 +1,15 @@
 """Where each artifact lives in a workspace. ``dvc.yaml`` uses the same paths
 (``tests/test_layout.py`` checks that the two agree).
 
-    data/prepared/{train,test,holdout}.{npy,csv}   prepare    records + split
+    ledger/requests.jsonl                           (git)      erasure / rectification requests
+    data/prepared/{train,test,holdout}.{npy,csv}   prepare    records + split (+ summary.json)
     data/shards/shard_<k>.{json,npy}                partition  manifest + pixels per shard
     models/shards/shard_<k>.pt                      train@<k>  one constituent per shard
     models/ensemble.json                            aggregate  constituents' md5s + aggregation rule
     metrics/eval.json                               evaluate   per-shard and ensemble accuracy
     checkpoints/<key>.pt                            (not DVC)  slice checkpoints, by content key
+    lineage/certificates/<n>-<erasure>.json         (git)      hash-chained erasure certificates
+    .unlearnflow/                                   (ignored)  subject key, tombstones of erased records
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class Layout:
     @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
+
+    @property
+    def prepared_summary(self) -> Path:
+        return self.prepared / "summary.json"
 
     def split_images(self, split: str) -> Path:
         return self.prepared / f"{split}.npy"
@@ -63,3 +70,20 @@ class Layout:
 
     def rel(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger" / "requests.jsonl"
+
+    @property
+    def certificates(self) -> Path:
+        return self.root / "lineage" / "certificates"
+
+    @property
+    def private(self) -> Path:
+        """Workspace state that must never enter git: the subject key, tombstones."""
+        return self.root / ".unlearnflow"
+
+    @property
+    def tombstones(self) -> Path:
+        return self.private / "tombstones.jsonl"

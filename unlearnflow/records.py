@@ -10,6 +10,7 @@ or go.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class RecordSet:
     subject_ids: tuple[str, ...]
     sources: tuple[str, ...]  # where the record came from (file name, or dataset:index)
     classes: tuple[str, ...]  # class index -> class name
+    personal_subjects: bool = False  # True when subject_ids name real people (see pseudonyms.py)
 
     def __post_init__(self):
         n = len(self.labels)
@@ -53,7 +55,11 @@ class RecordSet:
             subject_ids=tuple(self.subject_ids[i] for i in index),
             sources=tuple(self.sources[i] for i in index),
             classes=self.classes,
+            personal_subjects=self.personal_subjects,
         )
+
+    def with_subjects(self, subject_ids) -> "RecordSet":
+        return dataclasses.replace(self, subject_ids=tuple(subject_ids))
 
 
 def record_id_for(image: np.ndarray, label: int) -> str:

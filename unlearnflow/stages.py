@@ -20,11 +20,13 @@ from unlearnflow import __version__
 from unlearnflow.aggregators import AGGREGATORS, aggregate
 from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.checkpoints import CheckpointStore
-from unlearnflow.datasets import load_dataset
+from unlearnflow.erasure import apply_requests, check_tombstones, load_pseudonymized
 from unlearnflow.ensemble import Ensemble, constituent_bytes
 from unlearnflow.hashing import md5_file
 from unlearnflow.layout import Layout
+from unlearnflow.ledger import LedgerState
 from unlearnflow.partition import partition, read_shard, write_shard
+from unlearnflow.pseudonyms import key_id, subject_key
 from unlearnflow.records import SPLITS, load_records, save_records, split_records
 from unlearnflow.training import Callbacks, ModelSpec, train_constituent
 
@@ -36,22 +38,34 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def prepare(cfg: DataConfig, layout: Layout) -> dict:
-    """Load the dataset, split it by subject and write each split."""
-    records = load_dataset(cfg)
+def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerState | None = None,
+            tombstones: dict[str, str] | None = None) -> dict:
+    """Load the dataset with subject pseudonyms, apply the ledger (erasures, rectified
+    labels), refuse erased records, split by subject and write each split."""
+    ledger = ledger or LedgerState()
+    source = load_pseudonymized(cfg, secret_key)
+    erased, rectified = ledger.erased_records(), ledger.rectified_labels()
+    records = apply_requests(source, erased, rectified)
+    check_tombstones(records, tombstones or {}, known_requests=ledger.requests)
     splits = split_records(records, cfg)
     if layout.prepared.exists():
         shutil.rmtree(layout.prepared)
     for name in SPLITS:
         save_records(splits[name], layout.split_images(name), layout.split_table(name))
-    return {
+    summary = {
         "dataset": cfg.dataset,
         "records": len(records),
+        "erased_records": len(source) - len(records),
+        "rectified_records": sum(rid in rectified for rid in records.record_ids),
         "subjects": len(set(records.subject_ids)),
+        "subject_key": "secret" if records.personal_subjects else "public (synthetic subjects)",
+        "subject_key_id": key_id(subject_key(records.personal_subjects, secret_key)),
         "input_shape": list(records.input_shape),
         "classes": list(records.classes),
         **{f"{name}_records": len(splits[name]) for name in SPLITS},
     }
+    write_json(layout.prepared_summary, summary)
+    return summary
 
 
 def load_split(layout: Layout, split: str):
@@ -85,7 +99,7 @@ def train_stage(cfg: TrainConfig, layout: Layout, shard: int, callbacks: Callbac
     result = train_constituent(manifest, images, spec, cfg, CheckpointStore(layout.checkpoints), callbacks)
     out = layout.model(shard)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(constituent_bytes(spec, result.state_dict, result.slice_keys[-1], shard))
+    out.write_bytes(constituent_bytes(spec, result.state_dict, result.slice_keys, shard))
     return {
         "shard": shard,
         "records": len(manifest),

@@ -72,4 +72,5 @@ def load_imagefolder(cfg: DataConfig, arg: str | None) -> RecordSet:
         subject_ids=tuple(subject_ids),
         sources=tuple(sources),
         classes=tuple(folder.classes),
+        personal_subjects=cfg.subjects_csv is not None,
     )

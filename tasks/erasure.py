@@ -1,0 +1,113 @@
+"""Prefect tasks of the erase flow: resolve the ledger's pending requests, measure the
+erased records, purge what still holds them, and write the certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.workspace import Workspace
+from unlearnflow import certificates
+from unlearnflow.checkpoints import CheckpointStore
+from unlearnflow.config import DataConfig, PartitionConfig
+from unlearnflow.ensemble import load_constituent
+from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
+from unlearnflow.hashing import hash_json
+from unlearnflow.stages import load_ensemble, load_split
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@task(name="snapshot", cache_policy=NO_CACHE)
+def snapshot(partition_cfg: PartitionConfig, root: str) -> dict:
+    """The serving state before the erasure: slice keys and md5 of each constituent."""
+    from unlearnflow.hashing import md5_file
+
+    layout = Workspace(root).layout
+    out = {}
+    for k in partition_cfg.shards:
+        path = layout.model(k)
+        if path.is_file():
+            out[str(k)] = {"slice_keys": load_constituent(path)[1]["slice_keys"], "model_md5": md5_file(path)}
+    return out
+
+
+@task(name="resolve-requests", cache_policy=NO_CACHE)
+def resolve_requests(cfg: DataConfig, root: str) -> dict:
+    """Match every pending request to records and append the outcome to the ledger."""
+    ws = Workspace(root)
+    ledger = ws.ledger()
+    batch = ws.pending_requests()
+    records = load_pseudonymized(cfg, ws.secret_key())
+    source_of = dict(zip(records.record_ids, records.sources))
+    events, report, erased = [], [], {}
+    for r in batch:
+        rid = r.request.request_id
+        matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
+        if r.status == "pending":  # resolved/unmatched ones came from a batch that failed later: keep
+            events.append({"event": "resolved", "request_id": rid, "records": list(matched)} if matched
+                          else {"event": "unmatched", "request_id": rid})
+        report.append({"request_id": rid, "kind": r.request.kind, "records": len(matched)})
+        if r.request.kind == "forget":
+            erased.update({m: rid for m in matched})
+    ledger.record(events)
+    add_tombstones(ws.layout.tombstones, erased)
+    return {
+        "requests": report,
+        "matched": [x["request_id"] for x in report if x["records"]],
+        "unmatched": [x["request_id"] for x in report if not x["records"]],
+        "erased_records": sorted(erased),
+        "erased_sources": sorted({source_of[m] for m in erased if m in source_of}),
+    }
+
+
+@task(name="erased-record-metrics", cache_policy=NO_CACHE)
+def measure_erased(cfg: DataConfig, root: str, erased: list[str]) -> dict:
+    """Loss/confidence of the new ensemble on the erased records vs never-seen holdout records."""
+    ws = Workspace(root)
+    records = load_pseudonymized(cfg, ws.secret_key())
+    wanted = set(erased)
+    idx = [i for i, r in enumerate(records.record_ids) if r in wanted]
+    ensemble = load_ensemble(ws.layout)
+    holdout = load_split(ws.layout, "holdout")
+    gone = records.take(idx)
+    probs_e = ensemble.scores(gone.images, "softmax_mean") if len(gone) else np.zeros((0, len(records.classes)))
+    probs_h = ensemble.scores(holdout.images, "softmax_mean")
+    return erased_record_metrics(probs_e, gone.labels, probs_h, holdout.labels)
+
+
+@task(name="purge-workspace", cache_policy=NO_CACHE)
+def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
+    """Delete slice checkpoints no current constituent uses (all that saw erased records)
+    and, for image folders, the erased image files themselves."""
+    ws = Workspace(root)
+    layout = ws.layout
+    keep = set()
+    for k in partition_cfg.shards:
+        keep.update(load_constituent(layout.model(k))[1]["slice_keys"])
+    store = CheckpointStore(layout.checkpoints)
+    removed = [key for key in store.keys() if key not in keep and store.delete(key)]
+    deleted_files = []
+    if cfg.dataset_name == "imagefolder" and erased_sources:
+        folder = Path(cfg.dataset_arg).resolve()
+        for rel in erased_sources:
+            path = (folder / rel).resolve()
+            if folder in path.parents and path.is_file():
+                path.unlink()
+                deleted_files.append(rel)
+    return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files}
+
+
+@task(name="write-certificate", cache_policy=NO_CACHE)
+def write_certificate(root: str, body: dict) -> str:
+    return str(certificates.write_certificate(Workspace(root).layout.certificates, body))
+
+
+def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
+    return "e" + hash_json({"requests": sorted(request_ids), "before": before_lock_md5})[:12]

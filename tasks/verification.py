@@ -1,0 +1,133 @@
+"""`unlearnflow verify`: check an erasure's promises from the workspace and MLflow alone.
+
+1. no erased record is in any manifest that fed a current constituent;
+2. manifest and model md5s agree across the files, dvc.lock, the latest certificate
+   and the registered production version (its tags and its stored model files);
+3. the certificate chain is intact;
+4. with ``retrain``: the constituents the latest erasure retrained, trained again from
+   scratch on their manifests, are bitwise identical to the served ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import lineage
+from tasks.workspace import Workspace
+from unlearnflow import certificates
+from unlearnflow.ensemble import constituent_bytes
+from unlearnflow.hashing import md5_file
+from unlearnflow.partition import read_shard
+from unlearnflow.training import ModelSpec, train_constituent
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> list[Check]:
+    params = ws.load_params()
+    layout = ws.layout
+    checks: list[Check] = []
+    lock = lineage.lock_info(ws.root)
+    certs = certificates.certificate_files(layout.certificates)
+    latest = json.loads(certs[-1].read_text()) if certs else None
+
+    # 1. erased records
+    erased = set(ws.tombstones()) | ws.ledger().read().erased_records()
+    for path in certs:
+        erased |= set(json.loads(path.read_text()).get("erased_record_ids", []))
+    found = {}
+    for k in params.partition.shards:
+        manifest = json.loads(layout.shard_manifest(k).read_text())
+        hits = [r["record_id"] for r in manifest["records"] if r["record_id"] in erased]
+        if hits:
+            found[k] = hits
+    checks.append(Check("no erased record in a current manifest", not found,
+                        f"{len(erased)} erased record ids checked against {len(params.partition.shards)} manifests"
+                        + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}" if found else "")))
+
+    # 2. hashes agree
+    from tasks.tracking import production_version
+
+    mv = production_version(ws, params.tracking.registered_model)
+    registered = json.loads(mv.tags.get("constituent_md5s", "{}")) if mv else {}
+    stored = _stored_model_md5s(ws, mv) if mv else {}
+    problems = []
+    for k in params.partition.shards:
+        stage = f"train@{k}"
+        files = {"manifest": md5_file(layout.shard_manifest(k)), "model": md5_file(layout.model(k))}
+        dvc_manifest = _dep_md5(ws.root, stage, layout.rel(layout.shard_manifest(k)))
+        dvc_model = lock["outs"].get(stage, {}).get(layout.rel(layout.model(k)))
+        sources = {"dvc.lock": (dvc_manifest, dvc_model)}
+        if latest:
+            c = latest["constituents"].get(str(k), {})
+            sources["certificate"] = (c.get("manifest_md5"), c.get("model_md5"))
+        if mv:
+            sources[f"registered v{mv.version} tags"] = (files["manifest"], registered.get(str(k)))
+            sources[f"registered v{mv.version} model files"] = (files["manifest"], stored.get(str(k)))
+        for where, (m_md5, model_md5) in sources.items():
+            if m_md5 != files["manifest"]:
+                problems.append(f"shard {k}: manifest md5 {files['manifest']} but {where} says {m_md5}")
+            if model_md5 != files["model"]:
+                problems.append(f"shard {k}: model md5 {files['model']} but {where} says {model_md5}")
+    if mv and mv.tags.get("dvc_lock_md5") != lock["dvc_lock_md5"]:
+        problems.append(f"dvc.lock md5 {lock['dvc_lock_md5']} but production v{mv.version} records "
+                        f"{mv.tags.get('dvc_lock_md5')}")
+    if mv is None:
+        problems.append("no production model version in MLflow")
+    checks.append(Check("hashes agree across files, dvc.lock, certificate and registered model", not problems,
+                        "; ".join(problems[:4]) or f"{len(params.partition.shards)} constituents, "
+                        f"production v{mv.version if mv else '-'}, certificate {certs[-1].name if certs else '-'}"))
+
+    # 3. chain
+    chain = certificates.verify_chain(layout.certificates)
+    checks.append(Check("certificate chain intact", not chain, "; ".join(chain) or f"{len(certs)} certificate(s)"))
+
+    # 4. retrain
+    if retrain:
+        shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
+        mismatched = []
+        for k in shards:
+            manifest, images = read_shard(layout.shard_manifest(k), layout.shard_images(k))
+            spec = ModelSpec(params.train.model, tuple(int(d) for d in images.shape[1:]), len(manifest.classes))
+            result = train_constituent(manifest, images, spec, params.train, store=None)
+            fresh = constituent_bytes(spec, result.state_dict, result.slice_keys, k)
+            if fresh != layout.model(k).read_bytes():
+                mismatched.append(k)
+        checks.append(Check("retrained from scratch = served, bitwise", not mismatched,
+                            f"shards {shards} retrained without checkpoints"
+                            + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical")))
+    return checks
+
+
+def _dep_md5(root: Path, stage: str, path: str) -> str | None:
+    import yaml
+
+    data = yaml.safe_load((Path(root) / "dvc.lock").read_text())
+    for dep in data["stages"].get(stage, {}).get("deps", []):
+        if dep["path"] == path:
+            return dep["md5"]
+    return None
+
+
+def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
+    """md5 of each constituent file inside the registered version's stored model."""
+    import urllib.parse
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
+    location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
+    root = Path(urllib.parse.urlparse(location).path)
+    out = {}
+    for path in (root / "artifacts").glob("shard_*.pt"):
+        out[path.stem.split("_", 1)[1]] = md5_file(path)
+    return out
