@@ -31,7 +31,7 @@ import torch
 
 from unlearnflow.aggregators import aggregate
 from unlearnflow.config import DataConfig, PartitionConfig, TrainConfig
-from unlearnflow.datasets import load_dataset
+from unlearnflow.erasure import load_pseudonymized
 from unlearnflow.models import create_model
 from unlearnflow.partition import partition
 from unlearnflow.records import RecordSet, split_records
@@ -53,7 +53,7 @@ _DATA: dict = {}
 def data() -> tuple[RecordSet, RecordSet]:
     if not _DATA:
         cfg = DataConfig()
-        splits = split_records(load_dataset(cfg), cfg)
+        splits = split_records(load_pseudonymized(cfg, b""), cfg)  # synthetic subjects: the public key, as the pipeline
         unseen = splits["test"]
         held = splits["holdout"]
         eval_set = RecordSet(

@@ -206,6 +206,74 @@ def cmd_erase(args) -> int:
     return _run_erase_and_report(Workspace(args.workspace), args)
 
 
+def cmd_demo(args) -> int:
+    """Train if needed, erase one subject, and say what happened."""
+    from flows.erase import run_erase
+    from flows.train import run_train
+    from tasks import lineage
+    from tasks.erasure import now
+    from tasks.tracking import latest_full_training_seconds, production_version
+    from tasks.workspace import Workspace
+    from unlearnflow.erasure import make_request, subjects_are_personal
+
+    target = Path(args.workspace)
+    if not (target / "params.yaml").exists():
+        print(f"demo: creating workspace {target} (mnist5k, S=5 shards x R=4 slices)")
+        if cmd_init(argparse.Namespace(dir=str(target), dataset=None, model=None)) != 0:
+            return 2
+    ws = Workspace(target)
+    params = ws.load_params()
+    if production_version(ws, params.tracking.registered_model) is None or not lineage.dvc_status_clean(ws.root)[0]:
+        print("demo: training the SISA ensemble first (about a minute)")
+        run_train(str(ws.root))
+    subject = args.subject
+    if subject is None:
+        if subjects_are_personal(params.data):
+            print("error: this dataset names real people; pass --subject ID", file=sys.stderr)
+            return 2
+        subject = _demo_subject(ws, params)
+    request = make_request("forget", params.data, ws.secret_key(), subjects=[subject])
+    request_id, _ = ws.ledger().file(request, now())
+    print(f"demo: subject {subject} (synthetic) asks to be forgotten: request {request_id}")
+    result = run_erase(str(ws.root))
+    full = latest_full_training_seconds(ws, params.tracking.registered_model)
+    compute = result["compute_seconds"]
+    print()
+    print(f"removed      {result['erased_records']} record(s) of subject {subject} (stored only as "
+          f"{request.subjects[0]})")
+    for k, a in result["affected"].items():
+        print(f"retrained    shard {k} from slice {a['first_retrained_slice']} of {params.partition.slices}; "
+              f"the other {params.partition.num_shards - len(result['affected'])} shards trained nothing")
+    print(f"time         {compute:.1f}s of computation (whole flow {result['total_seconds']:.1f}s)"
+          + (f" vs {full:.1f}s for the last full training of all shards ({full / max(compute, 1e-9):.1f}x)" if full else ""))
+    f = result["forgotten"]
+    if f.get("erased_records"):
+        print(f"forgotten?   erased records' mean confidence {f['erased_mean_confidence']:.3f} vs "
+              f"{f['holdout_mean_confidence']:.3f} on never-seen holdout records")
+    m = result["mlflow"]
+    print(f"model        {params.tracking.registered_model} v{m['version']} "
+          f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}), test accuracy "
+          f"{result['metrics']['ensemble_accuracy']:.4f}; v{result['previous_version'] or '-'} model files purged")
+    print(f"certificate  {Path(result['certificate']).relative_to(ws.root)}; check it with "
+          f"`unlearnflow verify -C {args.workspace} --retrain`")
+    print(f"MLflow UI    `unlearnflow ui -C {args.workspace}`, experiment {params.tracking.experiment}, run "
+          f"erase-{result['erasure_id']} (run id {m['run_id']})")
+    return 0
+
+
+def _demo_subject(ws, params) -> str:
+    """The first synthetic subject (in id order) that still has records in the training split."""
+    from unlearnflow.datasets import load_dataset
+    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
+    from unlearnflow.stages import load_split
+
+    in_training = set(load_split(ws.layout, "train").subject_ids)
+    for raw in sorted(set(load_dataset(params.data).subject_ids)):
+        if pseudonym(SYNTHETIC_KEY, raw) in in_training:
+            return raw
+    raise SystemExit("error: no subject left in the training split")
+
+
 def cmd_verify(args) -> int:
     from tasks.verification import verify
     from tasks.workspace import Workspace
@@ -341,11 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name, help_, fn):
+    def add(name, help_, fn, workspace=".", workspace_help="current directory"):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
         if name != "init":
-            sp.add_argument("-C", "--workspace", default=".", help="workspace directory (default: current directory)")
+            sp.add_argument("-C", "--workspace", default=workspace, help=f"workspace directory (default: {workspace_help})")
         return sp
 
     sp = add("init", "create a new git + DVC workspace with default params.yaml and dvc.yaml", cmd_init)
@@ -375,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("erase", "carry out every pending request in the ledger as one batch", cmd_erase)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    sp = add("demo", "the main job: train if needed, erase one subject, summarise", cmd_demo,
+             workspace="demo", workspace_help="./demo, created on first use")
+    sp.add_argument("--subject", help="subject to forget (default: the first synthetic subject still in training)")
 
     sp = add("verify", "check the erasure promises using only the workspace and MLflow (exit 1 on failure)", cmd_verify)
     sp.add_argument("--retrain", action="store_true",

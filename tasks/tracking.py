@@ -248,3 +248,18 @@ def version_history(ws: Workspace, registered_model: str, start: str | None = No
             "run_tags": {k: val for k, val in run.data.tags.items() if not k.startswith("mlflow.")},
         })
     return out
+
+
+def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float | None:
+    """Training time of the newest run that trained every slice stage of every shard."""
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    client = MlflowClient()
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, "tags.`unlearnflow.kind` = 'train'", order_by=["attributes.start_time DESC"])
+    for run in runs:
+        children = client.search_runs(exp_ids, f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        stages = [c.data.metrics.get("trained_stages", 0) for c in children]
+        slices = int(run.data.params.get("partition.slices", 0))
+        if children and all(s == slices for s in stages):
+            return run.data.metrics.get("train_seconds_total")
+    return None

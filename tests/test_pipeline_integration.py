@@ -205,3 +205,12 @@ def test_mlflow_ui_server_shows_the_lineage(trained):
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_demo_trains_then_erases_one_subject_and_summarises(prefect_server, tmp_path, capsys):
+    ws = make_workspace(tmp_path / "demo")
+    assert cli("demo", "-C", str(ws.root)) == 0
+    out = capsys.readouterr().out
+    assert "asks to be forgotten" in out and "removed " in out and "trained nothing" in out
+    assert "(production)" in out and "lineage/certificates/0001-" in out
+    assert cli("verify", "-C", str(ws.root), "--retrain") == 0
