@@ -3,6 +3,7 @@
     unlearnflow init DIR        create a git + DVC workspace (params.yaml, dvc.yaml)
     unlearnflow train           run the Prefect training flow in the workspace
     unlearnflow forget ...      file an erasure request and carry it out (rectify: correct a label)
+    unlearnflow serve           run the erase flow on erasure events (Prefect deployment + trigger)
     unlearnflow status          production model, shards and data version
     unlearnflow ui              start the MLflow UI on the workspace's store
     unlearnflow stage NAME      one pipeline stage (what dvc.yaml's commands call)
@@ -274,6 +275,13 @@ def _demo_subject(ws, params) -> str:
     raise SystemExit("error: no subject left in the training split")
 
 
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+
+    serve(args.workspace, announce=lambda msg: print(msg, flush=True))
+    return 0
+
+
 def cmd_verify(args) -> int:
     from tasks.verification import verify
     from tasks.workspace import Workspace
@@ -447,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", "the main job: train if needed, erase one subject, summarise", cmd_demo,
              workspace="demo", workspace_help="./demo, created on first use")
     sp.add_argument("--subject", help="subject to forget (default: the first synthetic subject still in training)")
+
+    add("serve", "run the erase flow whenever the event 'unlearnflow.erasure.requested' arrives "
+        "(needs `prefect server start` and PREFECT_API_URL)", cmd_serve)
 
     sp = add("verify", "check the erasure promises using only the workspace and MLflow (exit 1 on failure)", cmd_verify)
     sp.add_argument("--retrain", action="store_true",

@@ -1,0 +1,44 @@
+"""Serve the erase flow as a Prefect deployment woken by erasure events.
+
+    prefect server start                                  # in one terminal
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    unlearnflow serve                                     # in another (keeps running)
+    unlearnflow forget --subject s042 --no-wait           # file the request (ledger)
+    prefect event emit unlearnflow.erasure.requested --resource-id unlearnflow.request.<id>
+
+The event only wakes the flow: the ledger is the source of truth, so one run
+carries out every pending request, however many events arrived.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flows.erase import erase_flow
+from tasks.workspace import Workspace
+from unlearnflow.errors import UnlearnflowError
+
+EVENT = "unlearnflow.erasure.requested"
+
+
+class NoPrefectServer(UnlearnflowError):
+    pass
+
+
+def serve(workspace: str = ".", name: str = "erase-on-request", announce=print) -> None:
+    from prefect.events import DeploymentEventTrigger
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise NoPrefectServer(
+            "unlearnflow serve needs a running Prefect server for event triggers: start one with "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    ws = Workspace(workspace)
+    ws.check()
+    trigger = DeploymentEventTrigger(
+        name="erasure requested",
+        expect={EVENT},
+        parameters={"workspace": str(ws.root)},  # fixed: the event carries no personal data
+    )
+    announce(f"serving the erase flow for {ws.root} on event '{EVENT}' (Ctrl-C to stop)")
+    erase_flow.serve(name=name, triggers=[trigger])

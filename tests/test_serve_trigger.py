@@ -1,0 +1,111 @@
+"""Event trigger against a real Prefect server: `prefect server start` (started and
+stopped here), `unlearnflow serve` in one process, the event emitted from another,
+and the new model version seen in MLflow."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import lineage
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: healthy(f"http://127.0.0.1:{port}/api/health"), 120, "prefect server health", proc)
+        yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_path):
+    env = prefect_server
+    ws = tmp_path / "ws"
+
+    def run(*args):
+        return subprocess.run([str(BIN / "unlearnflow"), *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    assert run("init", str(ws), "--dataset", "digits", "--model", "mlp").returncode == 0
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update({"epochs": 4, "augment": False})
+    params["partition"]["shards"] = [0, 1, 2]
+    params["promote"]["min_test_accuracy"] = 0.3
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lineage.git(ws, *lineage.GIT_IDENTITY, "commit", "-qam", "params")
+    trained = run("train", "-C", str(ws))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+    server = subprocess.Popen([str(BIN / "unlearnflow"), "serve", "-C", str(ws)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = server.stdout.readline()
+        assert "serving the erase flow" in first
+        api = env["PREFECT_API_URL"]
+
+        def deployment_ready():
+            req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+            return b"erase-on-request" in urllib.request.urlopen(req, timeout=5).read()
+
+        wait_until(deployment_ready, 60, "the served deployment", server)
+        time.sleep(2)  # the trigger is registered with the deployment; give the server a beat to load it
+        assert run("forget", "-C", str(ws), "--subject", "s042", "--no-wait").returncode == 0
+        emitted = subprocess.run(
+            [sys.executable, "-c", "from prefect.events import emit_event; "
+             "emit_event(event='unlearnflow.erasure.requested', resource={'prefect.resource.id': 'unlearnflow.test'})"],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert emitted.returncode == 0, emitted.stderr
+        def production():
+            out = run("status", "-C", str(ws), "--json")
+            return json.loads(out.stdout)["production"] if out.returncode == 0 else None
+
+        wait_until(lambda: (production() or {}).get("version") == "2", 180, "production = the erase flow's version",
+                   server)
+        assert production()["kind"] == "erase"
+        assert any((ws / "lineage" / "certificates").glob("0001-*.json"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
