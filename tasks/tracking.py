@@ -46,8 +46,18 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "torchvision", "numpy", "pandas")]
 
 
-def setup(ws: Workspace, experiment: str) -> str:
+def client_for(ws: Workspace) -> MlflowClient:
+    """Point MLflow (tracking *and* model registry) at this workspace's store.
+
+    The registry URI is separate state in MLflow; left alone it can keep pointing at a
+    store used earlier in the same process (another workspace)."""
     mlflow.set_tracking_uri(ws.tracking_uri)
+    mlflow.set_registry_uri(ws.tracking_uri)
+    return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+
+
+def setup(ws: Workspace, experiment: str) -> str:
+    client_for(ws)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         exp_id = mlflow.create_experiment(experiment, artifact_location=ws.artifact_root)
@@ -110,7 +120,7 @@ def log_pipeline_run(
         mlflow.log_dict(metrics, "metrics/eval.json")
         run_id = parent.info.run_id
 
-    client = MlflowClient()
+    client = client_for(ws)
     version_tags = {**common, "shards": str(len(shards)), "kind": kind,
                     "ensemble_test_accuracy": f"{metrics['ensemble_accuracy']:.4f}",
                     "constituent_md5s": json.dumps({str(c["shard"]): c["md5"] for c in ensemble["constituents"]}),
@@ -156,8 +166,7 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
 
 def promote(ws: Workspace, params: Params, version: str, metrics: dict) -> dict:
     """Move ``production`` to ``version`` if it passes the promote gate; record the decision."""
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     name = params.tracking.registered_model
     gate = params.promote.min_test_accuracy
     acc = metrics["ensemble_accuracy"]
@@ -186,8 +195,7 @@ def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: s
     Registry entries stay, tagged ``purged``, so the history remains readable.
     Only local (file://) artifact stores are handled.
     """
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     name = params.tracking.registered_model
     purged = []
     for mv in client.search_model_versions(f"name = '{name}'"):
@@ -209,8 +217,7 @@ def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: s
 
 def production_version(ws: Workspace, registered_model: str):
     """The ModelVersion behind the production alias, or None."""
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     try:
         return client.get_model_version_by_alias(registered_model, PRODUCTION)
     except mlflow.exceptions.MlflowException:
@@ -218,16 +225,14 @@ def production_version(ws: Workspace, registered_model: str):
 
 
 def log_certificate(ws: Workspace, run_id: str, path: str) -> None:
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    MlflowClient().log_artifact(run_id, path, "certificate")
+    client_for(ws).log_artifact(run_id, path, "certificate")
 
 
 def version_history(ws: Workspace, registered_model: str, start: str | None = None) -> list[dict]:
     """Registered versions (newest first, from ``start`` back) with their tags and run tags."""
     import datetime as dt
 
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     try:
         versions = client.search_model_versions(f"name = '{registered_model}'")
     except mlflow.exceptions.MlflowException:
@@ -252,8 +257,7 @@ def version_history(ws: Workspace, registered_model: str, start: str | None = No
 
 def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float | None:
     """Training time of the newest run that trained every slice stage of every shard."""
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exp_ids, "tags.`unlearnflow.kind` = 'train'", order_by=["attributes.start_time DESC"])
     for run in runs:

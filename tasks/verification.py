@@ -120,11 +120,9 @@ def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
     """md5 of each constituent file inside the registered version's stored model."""
     import urllib.parse
 
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from tasks.tracking import client_for
 
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
     root = Path(urllib.parse.urlparse(location).path)
     out = {}

@@ -86,8 +86,11 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        """MLFLOW_TRACKING_URI if set, else the workspace's own SQLite store."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+        """UNLEARNFLOW_TRACKING_URI (e.g. an MLflow server) if set, else the workspace's SQLite store.
+
+        Not MLFLOW_TRACKING_URI: ``mlflow.set_tracking_uri`` rewrites that variable in the
+        process, so a second workspace in the same process would inherit the first one's."""
+        return os.environ.get("UNLEARNFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> str:

@@ -13,6 +13,7 @@ from flows.cli import QUIET_ENV  # noqa: E402  (imports no Prefect)
 
 os.environ.update(QUIET_ENV)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("UNLEARNFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 import numpy as np  # noqa: E402
@@ -64,3 +65,11 @@ def cli(*args: str) -> int:
     from flows.cli import main
 
     return main(list(args))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import cli
 from tasks import lineage
+from tasks.tracking import client_for
 from tasks.workspace import Workspace
 from unlearnflow.layout import Layout
 from unlearnflow.stages import load_split
@@ -145,12 +146,8 @@ def test_the_erased_images_bytes_are_gone_from_workspace_cache_checkpoints_and_s
 
 
 def test_lineage_record_in_mlflow_and_the_certificate(erased):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     ws, result = erased["ws"], erased["result"]
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     run = client.get_run(result["mlflow"]["run_id"])
     tags = run.data.tags
     assert tags["erasure_id"] == result["erasure_id"]

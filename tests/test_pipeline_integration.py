@@ -13,10 +13,10 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from conftest import cli
+from conftest import cli, free_port
 from tasks import lineage
+from tasks.tracking import client_for
 from tasks.workspace import Workspace
 from unlearnflow.layout import Layout
 from unlearnflow.stages import load_ensemble, load_split
@@ -79,8 +79,7 @@ def test_lineage_is_committed_to_git(trained):
 
 def test_mlflow_run_has_a_child_per_constituent_with_dvc_md5s_and_git_commit(trained):
     ws, first, _ = trained
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    client = MlflowClient()
+    client = client_for(ws)
     parent = client.get_run(first["mlflow"]["run_id"])
     assert parent.data.tags["git_commit"] == first["lineage"]["git_commit"]
     assert parent.data.tags["dvc_lock_md5"] == first["lineage"]["dvc_lock_md5"]
@@ -102,9 +101,8 @@ def test_mlflow_run_has_a_child_per_constituent_with_dvc_md5s_and_git_commit(tra
 
 def test_production_alias_serves_a_loadable_ensemble_that_matches_the_core(trained):
     ws, first, second = trained
-    mlflow.set_tracking_uri(ws.tracking_uri)
     name = "unlearnflow-sisa"
-    version = MlflowClient().get_model_version_by_alias(name, "production")
+    version = client_for(ws).get_model_version_by_alias(name, "production")
     assert str(version.version) == second["mlflow"]["version"]  # the newest good version
     assert version.tags["dvc_lock_md5"] == second["lineage"]["dvc_lock_md5"]
     served = mlflow.pyfunc.load_model(f"models:/{name}@production")
@@ -161,14 +159,6 @@ def test_bad_params_fail_before_any_work(tmp_path, capsys, overrides, message):
     assert cli("train", "-C", str(ws.root)) == 2
     assert message in capsys.readouterr().err
     assert not (ws.root / "data").exists() and not (ws.root / "dvc.lock").exists()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_ui_server_shows_the_lineage(trained):

@@ -5,7 +5,6 @@ and the new model version seen in MLflow."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_port
 from tasks import lineage
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, proc=None):
