@@ -94,15 +94,20 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "previous_version": prev_version,
         "new_version": tracked["version"],
         "registered_model": params.tracking.registered_model,
-        "metrics": {"test_accuracy": metrics["ensemble_accuracy"], **forgotten},
+        "metrics": {"test_accuracy": metrics["ensemble_accuracy"],
+                    **{k: (None if v != v else v) for k, v in forgotten.items()}},  # NaN (nothing erased) -> null
         "purged": {**purged, "dvc_cache": "gc --workspace"},
+        "superseded_versions": ("kept: " + params.retention.reason) if params.retention.keep_superseded
+        else "model files deleted once this version is in production",
     }
     cert_path = erasure.write_certificate(root, body)  # from here on, these requests are done
     tracking.log_certificate(ws, tracked["run_id"], cert_path)
     cert_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow certificate {eid}") if commit else None
     decision = tracking.promote(ws, params, tracked["version"], metrics)
-    superseded = []
-    if decision["promoted"]:
+    superseded, retained = [], []
+    if decision["promoted"] and params.retention.keep_superseded:
+        retained = tracking.retain_superseded(ws, params, tracked["version"], eid)
+    elif decision["promoted"]:
         superseded = tracking.purge_superseded(ws, params, tracked["version"], f"erased under {eid}")
     return {
         "status": "erased",
@@ -116,6 +121,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "forgotten": forgotten,
         "purged": purged,
         "superseded_purged": superseded,
+        "superseded_retained": retained,
         "mlflow": {**tracked, **decision},
         "previous_version": prev_version,
         "certificate": cert_path,

@@ -189,6 +189,19 @@ def log_training(
     return {**out, **promote(ws, params, out["version"], metrics)}
 
 
+def retain_superseded(ws: Workspace, params: Params, keep_version: str, erasure: str) -> list[str]:
+    """retention.keep_superseded: keep older versions' files, tagging each with the reason."""
+    client = client_for(ws)
+    name = params.tracking.registered_model
+    kept = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if str(mv.version) != str(keep_version) and not mv.tags.get("purged"):
+            client.set_model_version_tag(name, mv.version, "retained",
+                                         f"saw data erased under {erasure}; kept: {params.retention.reason}")
+            kept.append(str(mv.version))
+    return kept
+
+
 def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: str) -> list[str]:
     """Delete the stored model files of every other version (they were trained on erased data).
 

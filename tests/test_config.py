@@ -27,6 +27,7 @@ def test_repo_params_yaml_parses_and_matches_the_dataclass_defaults():
         ({"runner": {"kind": "gpu"}}, "runner.kind = 'gpu' is invalid: expected 'dask', 'processes' or 'threads'"),
         ({"data": {"test_fraction": 0.6, "holdout_fraction": 0.5}}, "less than 1"),
         ({"data": "mnist5k"}, "data must be a mapping"),
+        ({"retention": {"keep_superseded": True}}, "retention.reason = None is invalid: expected a reason"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_valid(raw, message):

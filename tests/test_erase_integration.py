@@ -198,3 +198,20 @@ def test_rebuilding_the_pre_erasure_version_fails_naming_the_request(erased, cap
         assert "predates erasure request(s)" in err and request_id in err
     finally:
         lineage.git(ws.root, "checkout", "HEAD", "--", "ledger/requests.jsonl")
+
+
+def test_rectifying_a_label_retrains_exactly_with_the_corrected_label(erased, capsys):
+    ws = erased["ws"]
+    layout = ws.layout
+    manifest = json.loads(layout.shard_manifest(0).read_text())
+    record = manifest["records"][-1]
+    classes = manifest["classes"]
+    new_label = classes[(record["label"] + 1) % len(classes)]
+    assert cli("rectify", "-C", str(ws.root), "--record", record["record_id"], "--label", new_label) == 0
+    out = capsys.readouterr().out
+    assert "(rectify): 1 record(s)" in out and "shard 0: retrained from slice" in out
+    after = {r["record_id"]: r for r in json.loads(layout.shard_manifest(0).read_text())["records"]}
+    assert after[record["record_id"]]["label"] == classes.index(new_label)  # the record stays, relabelled
+    assert cli("verify", "-C", str(ws.root), "--retrain") == 0
+    assert cli("rectify", "-C", str(ws.root), "--record", record["record_id"], "--label", "goalie") == 2
+    assert "is not a class; valid choices: referee, team_away, team_home" in capsys.readouterr().err

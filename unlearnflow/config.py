@@ -124,6 +124,18 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """What happens to superseded model versions after an erasure (they saw the erased data)."""
+
+    keep_superseded: bool = False  # default: delete their stored model files
+    reason: str | None = None  # required when keeping them; recorded on every kept version
+
+    def __post_init__(self):
+        _check(not self.keep_superseded or bool(self.reason), "retention.reason", self.reason,
+               "a reason (e.g. a legal hold reference) when retention.keep_superseded is true")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "unlearnflow"
     registered_model: str = "unlearnflow-sisa"
@@ -149,6 +161,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
