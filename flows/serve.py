@@ -41,4 +41,6 @@ def serve(workspace: str = ".", name: str = "erase-on-request", announce=print) 
         parameters={"workspace": str(ws.root)},  # fixed: the event carries no personal data
     )
     announce(f"serving the erase flow for {ws.root} on event '{EVENT}' (Ctrl-C to stop)")
-    erase_flow.serve(name=name, triggers=[trigger])
+    # limit=1: erase runs on one workspace never overlap (DVC and git need one writer); a run
+    # woken while another works finds the ledger already handled and returns "idle".
+    erase_flow.serve(name=name, triggers=[trigger], limit=1)
