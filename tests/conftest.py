@@ -3,7 +3,6 @@ workspace live in temporary directories, never in the checkout."""
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 

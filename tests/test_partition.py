@@ -4,7 +4,7 @@ import pytest
 from conftest import make_records
 from unlearnflow.config import PartitionConfig
 from unlearnflow.errors import ConfigError
-from unlearnflow.partition import ShardManifest, partition, place, read_shard, write_shard
+from unlearnflow.partition import partition, place, read_shard, write_shard
 
 
 def placements(records, cfg):
