@@ -1,0 +1,24 @@
+"""Privacy audit metrics (pure: model outputs in, numbers out).
+
+| attack          | what it reports                                                   |
+|-----------------|-------------------------------------------------------------------|
+| loss_threshold  | AUC of -loss, members vs non-members (0.5 = looks unseen)         |
+| svc_efficacy    | SalUn/AMUN MIA-efficacy: share of the forget set an SVC on        |
+|                 | confidence (retain = member, test = non-member) calls non-member  |
+
+Adding an attack: a module with an ``Attack`` subclass decorated ``@register_attack``,
+imported below; tests/test_audit.py runs every registered attack.
+
+Not wired into the flows yet (issue 4): the erase flow still reports only the erased
+records' mean loss and confidence beside holdout records.
+"""
+
+from unlearnflow.audit._base import ATTACKS, Attack, Outputs, auc, register_attack
+from unlearnflow.audit import loss_threshold, svc_efficacy  # noqa: F401  (registration)
+
+
+def create_attack(name: str, **kwargs) -> Attack:
+    return ATTACKS.get(name)(**kwargs)
+
+
+__all__ = ["ATTACKS", "Attack", "Outputs", "auc", "create_attack", "register_attack"]
