@@ -174,6 +174,11 @@ def _run_erase_and_report(ws, args) -> int:
     if f.get("erased_records"):
         print(f"  erased records now: mean loss {f['erased_mean_loss']:.3f}, confidence {f['erased_mean_confidence']:.3f} "
               f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f})")
+    a = result["audit"]
+    print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
+          + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
+          + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}, {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}"
+          + f"; histogram {a['histogram']}")
     m = result["mlflow"]
     print(f"model version {m['version']} ({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); "
           f"previous {result['previous_version'] or '-'}; superseded versions purged: {result['superseded_purged']}")
@@ -254,6 +259,11 @@ def cmd_demo(args) -> int:
     if f.get("erased_records"):
         print(f"forgotten?   erased records' mean confidence {f['erased_mean_confidence']:.3f} vs "
               f"{f['holdout_mean_confidence']:.3f} on never-seen holdout records")
+    a = result["audit"]
+    print(f"audit        membership-inference AUC, erased vs holdout records: "
+          f"{a['after']['forget_vs_holdout_mia_auc']:.3f} (0.5 = looks unseen"
+          + (f"; {a['before']['forget_vs_holdout_mia_auc']:.3f} before the erasure" if a["before"] else "")
+          + f"); {'passed' if a['passed'] else 'FAILED'}; histogram {Path(a['histogram']).relative_to(ws.root)}")
     m = result["mlflow"]
     print(f"model        {params.tracking.registered_model} v{m['version']} "
           f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}), test accuracy "

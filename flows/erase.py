@@ -19,7 +19,12 @@ from prefect import flow, unmapped
 from tasks import erasure, lineage as lineage_mod, pipeline, tracking
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
+from unlearnflow.audit.report import gate as audit_gate
 from unlearnflow.preflight import check_names
+
+
+def _nan_to_none(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
 @flow(name="unlearnflow-erase")
@@ -46,6 +51,11 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     metrics = pipeline.evaluate(root)
     forgotten = erasure.measure_erased(params.data, root, resolved["erased_records"])
     compute_seconds = time.perf_counter() - t_compute
+    audited = erasure.audit_version(params.data, root, resolved["erased_records"], eid,
+                                    tracking.stored_constituents(ws, previous))
+    previous_acc = float(previous.tags["ensemble_test_accuracy"]) if previous and \
+        "ensemble_test_accuracy" in previous.tags else None
+    audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
 
     purged = erasure.purge_workspace(params.data, params.partition, root, resolved["erased_sources"])
     data_lineage = pipeline.record_lineage(
@@ -77,6 +87,9 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
             "previous_version": prev_version,
         },
         extra_metrics={**{k: v for k, v in forgotten.items() if v == v},  # drop NaN (no erased records)
+                       **{f"audit_{k}": v for k, v in audited["after"].items() if v == v},
+                       **{f"audit_before_{k}": v for k, v in (audited["before"] or {}).items() if v == v},
+                       "audit_seconds": audited["seconds"], "audit_passed": float(audit_ok),
                        "erasure_compute_seconds": compute_seconds},
     )
     body = {
@@ -94,16 +107,18 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "previous_version": prev_version,
         "new_version": tracked["version"],
         "registered_model": params.tracking.registered_model,
-        "metrics": {"test_accuracy": metrics["ensemble_accuracy"],
-                    **{k: (None if v != v else v) for k, v in forgotten.items()}},  # NaN (nothing erased) -> null
+        "metrics": {"test_accuracy": metrics["ensemble_accuracy"], **_nan_to_none(forgotten)},
         "purged": {**purged, "dvc_cache": "gc --workspace"},
+        "audit": {"after": _nan_to_none(audited["after"]), "before": _nan_to_none(audited["before"] or {}),
+                  "passed": audit_ok, "failed_because": audit_reasons},
         "superseded_versions": ("kept: " + params.retention.reason) if params.retention.keep_superseded
         else "model files deleted once this version is in production",
     }
     cert_path = erasure.write_certificate(root, body)  # from here on, these requests are done
     tracking.log_certificate(ws, tracked["run_id"], cert_path)
+    tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
     cert_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow certificate {eid}") if commit else None
-    decision = tracking.promote(ws, params, tracked["version"], metrics)
+    decision = tracking.promote(ws, params, tracked["version"], metrics, blockers=audit_reasons)
     superseded, retained = [], []
     if decision["promoted"] and params.retention.keep_superseded:
         retained = tracking.retain_superseded(ws, params, tracked["version"], eid)
@@ -119,6 +134,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "affected": affected,
         "metrics": metrics,
         "forgotten": forgotten,
+        "audit": {**audited, "passed": audit_ok, "failed_because": audit_reasons},
         "purged": purged,
         "superseded_purged": superseded,
         "superseded_retained": retained,

@@ -111,3 +111,41 @@ def write_certificate(root: str, body: dict) -> str:
 
 def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
     return "e" + hash_json({"requests": sorted(request_ids), "before": before_lock_md5})[:12]
+
+
+@task(name="audit", cache_policy=NO_CACHE)
+def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previous_files: dict | None) -> dict:
+    """Audit the new ensemble (and, if its files are still stored, the previous one) on the
+    erased records, and draw their confidence beside retain and test records."""
+    import time
+
+    from unlearnflow.audit import Outputs
+    from unlearnflow.audit.report import audit, confidence_histogram
+    from unlearnflow.ensemble import Ensemble
+
+    t0 = time.perf_counter()
+    ws = Workspace(root)
+    records = load_pseudonymized(cfg, ws.secret_key())
+    wanted = set(erased)
+    sets = {"forget": records.take([i for i, r in enumerate(records.record_ids) if r in wanted]),
+            **{name: load_split(ws.layout, name) for name in ("train", "test", "holdout")}}
+
+    def outputs(ensemble) -> dict:
+        return {name: Outputs(ensemble.scores(rs.images, "softmax_mean"), rs.labels) for name, rs in sets.items()}
+
+    after = outputs(load_ensemble(ws.layout))
+    report = audit(after["forget"], after["train"], after["test"], after["holdout"])
+    before, report_before = None, None
+    if previous_files:
+        before = outputs(Ensemble.from_files(previous_files["paths"], previous_files["method"],
+                                             previous_files["classes"]))
+        report_before = audit(before["forget"], before["train"], before["test"], before["holdout"])
+    label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
+    png = confidence_histogram(
+        ws.layout.root / "lineage" / "audits" / f"{eid}.png",
+        {label[k]: v for k, v in after.items() if k in label},
+        {label[k]: v for k, v in before.items() if k in label} if before else None,
+        title=f"erasure {eid}",
+    )
+    return {"after": report, "before": report_before, "histogram": str(png),
+            "seconds": round(time.perf_counter() - t0, 2)}

@@ -164,14 +164,17 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
             mlflow.log_input(dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"})
 
 
-def promote(ws: Workspace, params: Params, version: str, metrics: dict) -> dict:
-    """Move ``production`` to ``version`` if it passes the promote gate; record the decision."""
+def promote(ws: Workspace, params: Params, version: str, metrics: dict, blockers: list[str] | None = None) -> dict:
+    """Move ``production`` to ``version`` if it passes the promote gate and nothing blocks it
+    (e.g. a failed audit); record the decision on the version."""
     client = client_for(ws)
     name = params.tracking.registered_model
     gate = params.promote.min_test_accuracy
     acc = metrics["ensemble_accuracy"]
-    promoted = acc >= gate
-    reason = f"test accuracy {acc:.4f} {'>=' if promoted else '<'} promote.min_test_accuracy {gate}"
+    promoted = acc >= gate and not blockers
+    reason = f"test accuracy {acc:.4f} {'>=' if acc >= gate else '<'} promote.min_test_accuracy {gate}"
+    if blockers:
+        reason += "; audit failed: " + "; ".join(blockers)
     client.set_model_version_tag(name, version, "promotion", ("promoted: " if promoted else "held back: ") + reason)
     if promoted:
         client.set_registered_model_alias(name, PRODUCTION, version)
@@ -280,3 +283,24 @@ def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float 
         if children and all(s == slices for s in stages):
             return run.data.metrics.get("train_seconds_total")
     return None
+
+
+def stored_constituents(ws: Workspace, mv) -> dict | None:
+    """Paths of a registered version's stored constituent files (None once purged)."""
+    if mv is None or mv.tags.get("purged") or not mv.source.startswith("models:/"):
+        return None
+    client = client_for(ws)
+    location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
+    root = Path(urllib.parse.urlparse(location).path) / "artifacts"
+    spec_path = root / "ensemble.json"
+    if not spec_path.is_file():
+        return None
+    spec = json.loads(spec_path.read_text())
+    paths = [str(root / f"shard_{c['shard']}.pt") for c in spec["constituents"]]
+    if not all(Path(p).is_file() for p in paths):
+        return None
+    return {"paths": paths, "method": spec["method"], "classes": spec["classes"]}
+
+
+def log_artifact(ws: Workspace, run_id: str, path: str, folder: str) -> None:
+    client_for(ws).log_artifact(run_id, path, folder)

@@ -16,7 +16,7 @@ def test_repo_params_yaml_parses_and_matches_the_dataclass_defaults():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"trian": {}}, "unknown key(s) trian in params; valid keys: aggregate, data"),
+        ({"trian": {}}, "unknown key(s) trian in params; valid keys: aggregate, audit, data"),
         ({"train": {"epochz": 3}}, "unknown key(s) epochz in train; valid keys: augment"),
         ({"train": {"lr": "fast"}}, "train.lr = 'fast' is invalid: expected a number"),
         ({"train": {"epochs": 0}}, "train.epochs = 0 is invalid"),

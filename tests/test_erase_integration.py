@@ -165,6 +165,22 @@ def test_lineage_record_in_mlflow_and_the_certificate(erased):
     assert lineage.dvc_status_clean(ws.root)[0]
 
 
+def test_the_erasure_run_carries_the_audit_and_its_histogram(erased):
+    ws, result = erased["ws"], erased["result"]
+    client = client_for(ws)
+    run = client.get_run(result["mlflow"]["run_id"])
+    for key in ("audit_forget_vs_holdout_mia_auc", "audit_mia_efficacy", "audit_forget_accuracy",
+                "audit_retain_accuracy", "audit_test_accuracy", "audit_before_forget_vs_holdout_mia_auc"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0, key
+    assert run.data.metrics["audit_passed"] == 1.0
+    names = [a.path for a in client.list_artifacts(run.info.run_id, "audit")]
+    assert names == [f"audit/{result['erasure_id']}.png"]
+    png = ws.root / "lineage" / "audits" / f"{result['erasure_id']}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cert = json.loads(open(result["certificate"]).read())
+    assert cert["audit"]["passed"] is True and cert["audit"]["after"]["forget_records"] == 3
+
+
 def test_verify_fails_when_a_manifest_or_a_certificate_is_tampered_with(erased, capsys):
     ws = erased["ws"]
     manifest = ws.layout.shard_manifest(0)
@@ -215,3 +231,23 @@ def test_rectifying_a_label_retrains_exactly_with_the_corrected_label(erased, ca
     assert cli("verify", "-C", str(ws.root), "--retrain") == 0
     assert cli("rectify", "-C", str(ws.root), "--record", record["record_id"], "--label", "goalie") == 2
     assert "is not a class; valid choices: referee, team_away, team_home" in capsys.readouterr().err
+
+
+
+def test_a_failing_audit_gate_keeps_production_where_it_was(erased, capsys):
+    """Runs last: it leaves the workspace with an unpromoted version."""
+    ws = erased["ws"]
+    client = client_for(ws)
+    before = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    params = yaml.safe_load((ws.root / "params.yaml").read_text())
+    params.setdefault("audit", {})["max_forget_mia_auc"] = 0.0  # impossible to pass
+    (ws.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    trained_on = next(src for src in load_split(ws.layout, "train").sources if src.startswith("team_home/"))
+    assert cli("forget", "-C", str(ws.root), "--file", trained_on.split("/")[-1], "--json") == 0
+    result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert result["audit"]["passed"] is False and not result["mlflow"]["promoted"]
+    after = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    assert after.version == before.version
+    held = client.get_model_version("unlearnflow-sisa", result["mlflow"]["version"])
+    assert "audit failed: forget-vs-holdout MIA AUC" in held.tags["promotion"]
+    assert not result["superseded_purged"]  # nothing deleted while the old version still serves

@@ -124,6 +124,20 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit gate: an erased version that fails it is registered but not promoted."""
+
+    max_forget_mia_auc: float | None = None  # loss-threshold AUC, erased records vs holdout; null = no limit
+    max_test_accuracy_drop: float = 0.05  # vs the version in production before the erasure
+
+    def __post_init__(self):
+        _check(self.max_forget_mia_auc is None or 0 <= self.max_forget_mia_auc <= 1, "audit.max_forget_mia_auc",
+               self.max_forget_mia_auc, "a number in [0, 1] or null")
+        _check(0 <= self.max_test_accuracy_drop <= 1, "audit.max_test_accuracy_drop", self.max_test_accuracy_drop,
+               "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     """What happens to superseded model versions after an erasure (they saw the erased data)."""
 
@@ -161,6 +175,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)

@@ -1,0 +1,72 @@
+"""One audit of one model version: accuracies, membership-inference scores, a gate,
+and a histogram a person can read at a glance.
+
+    forget  = the erased records        retain  = the current training split
+    test    = the test split            holdout = never trained on, reserved for audits
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from unlearnflow.audit._base import Outputs
+from unlearnflow.audit.loss_threshold import LossThreshold
+from unlearnflow.audit.svc_efficacy import SVCEfficacy
+from unlearnflow.config import AuditConfig
+
+
+def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs) -> dict:
+    """Numbers for a model and a forget set (NaN where the forget set is empty)."""
+    report = {
+        "forget_accuracy": forget.accuracy(),
+        "retain_accuracy": retain.accuracy(),
+        "test_accuracy": test.accuracy(),
+        "forget_records": int(len(forget.labels)),
+    }
+    report["forget_vs_holdout_mia_auc"] = (LossThreshold().score(forget, holdout)["auc"]
+                                           if len(forget.labels) else float("nan"))
+    report["mia_efficacy"] = SVCEfficacy().score(retain, test, forget)["efficacy"]
+    return report
+
+
+def gate(report: dict, cfg: AuditConfig, previous_test_accuracy: float | None) -> tuple[bool, list[str]]:
+    """Does this version pass the audit thresholds? Returns (passed, reasons it failed)."""
+    reasons = []
+    auc = report["forget_vs_holdout_mia_auc"]
+    if cfg.max_forget_mia_auc is not None and auc == auc and auc > cfg.max_forget_mia_auc:
+        reasons.append(f"forget-vs-holdout MIA AUC {auc:.3f} > audit.max_forget_mia_auc {cfg.max_forget_mia_auc}")
+    if previous_test_accuracy is not None:
+        drop = previous_test_accuracy - report["test_accuracy"]
+        if drop > cfg.max_test_accuracy_drop:
+            reasons.append(f"test accuracy dropped {drop:.4f} > audit.max_test_accuracy_drop {cfg.max_test_accuracy_drop}")
+    return not reasons, reasons
+
+
+def confidence_histogram(path: Path, after: dict[str, Outputs], before: dict[str, Outputs] | None = None,
+                         title: str = "") -> Path:
+    """PNG: true-class confidence of forget / retain / test, after (and before) the erasure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("after", after)] + ([("before", before)] if before else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for ax, (name, sets) in zip(axes[0], panels):
+        for label, out in sets.items():
+            if len(out.labels):
+                ax.hist(out.confidence, bins=bins, density=True, histtype="step", linewidth=1.8,
+                        label=f"{label} (n={len(out.labels)})")
+        ax.set_title(f"{name} {title}".strip())
+        ax.set_xlabel("confidence in the true class")
+        ax.set_ylabel("density")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
