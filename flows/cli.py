@@ -295,6 +295,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from flows.audit import run_audit
+
+    result = run_audit(args.workspace, args.version)
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    a = result["after"]
+    print(f"audit of version {result['version']} ({result['seconds']:.1f}s)")
+    rows = [("erased records (all requests so far)", f"{result['erased_total']}"),
+            ("  of which still in the source, audited", f"{a['forget_records']}"),
+            ("forget accuracy", f"{a['forget_accuracy']:.4f}"),
+            ("retain accuracy", f"{a['retain_accuracy']:.4f}"),
+            ("test accuracy", f"{a['test_accuracy']:.4f}"),
+            ("MIA AUC, forget vs holdout (0.5 = unseen)", f"{a['forget_vs_holdout_mia_auc']:.4f}"),
+            ("MIA-efficacy (SVC; higher = more forgotten)", f"{a['mia_efficacy']:.4f}")]
+    for label, value in rows:
+        print(f"  {label:44s} {value}")
+    print(f"histogram: {result['histogram']}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from tasks.verification import verify
     from tasks.workspace import Workspace
@@ -471,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("serve", "run the erase flow whenever the event 'unlearnflow.erasure.requested' arrives "
         "(needs `prefect server start` and PREFECT_API_URL)", cmd_serve)
+
+    sp = add("audit", "audit a model version against every record erased so far (a Prefect flow)", cmd_audit)
+    sp.add_argument("--version", help="registered version to audit (default: production)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("verify", "check the erasure promises using only the workspace and MLflow (exit 1 on failure)", cmd_verify)
     sp.add_argument("--retrain", action="store_true",

@@ -4,6 +4,7 @@ erased records, purge what still holds them, and write the certificate."""
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +115,11 @@ def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
 
 
 @task(name="audit", cache_policy=NO_CACHE)
-def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previous_files: dict | None) -> dict:
-    """Audit the new ensemble (and, if its files are still stored, the previous one) on the
-    erased records, and draw their confidence beside retain and test records."""
+def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previous_files: dict | None,
+                  current_files: dict | None = None) -> dict:
+    """Audit the new ensemble (the workspace's, or ``current_files``) and, if its files are
+    still stored, the previous one, on the erased records; draw their confidence beside
+    retain and test records."""
     import time
 
     from unlearnflow.audit import Outputs
@@ -133,7 +136,8 @@ def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previ
     def outputs(ensemble) -> dict:
         return {name: Outputs(ensemble.scores(rs.images, "softmax_mean"), rs.labels) for name, rs in sets.items()}
 
-    after = outputs(load_ensemble(ws.layout))
+    after = outputs(Ensemble.from_files(current_files["paths"], current_files["method"], current_files["classes"])
+                    if current_files else load_ensemble(ws.layout))
     report = audit(after["forget"], after["train"], after["test"], after["holdout"])
     before, report_before = None, None
     if previous_files:
@@ -142,7 +146,8 @@ def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previ
         report_before = audit(before["forget"], before["train"], before["test"], before["holdout"])
     label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
     png = confidence_histogram(
-        ws.layout.root / "lineage" / "audits" / f"{eid}.png",
+        ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
+        else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png",
         {label[k]: v for k, v in after.items() if k in label},
         {label[k]: v for k, v in before.items() if k in label} if before else None,
         title=f"erasure {eid}",

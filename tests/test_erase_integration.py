@@ -234,6 +234,20 @@ def test_rectifying_a_label_retrains_exactly_with_the_corrected_label(erased, ca
 
 
 
+def test_audit_command_audits_the_production_version_against_all_erased_records(erased, capsys):
+    ws = erased["ws"]
+    assert cli("audit", "-C", str(ws.root), "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["erased_total"] == 3  # the player's photos…
+    assert result["after"]["forget_records"] == 0  # …whose files are gone, so they cannot be scored any more
+    assert all(0.0 <= result["after"][k] <= 1.0 for k in ("retain_accuracy", "test_accuracy"))
+    client = client_for(ws)
+    mv = client.get_model_version("unlearnflow-sisa", result["version"])
+    assert client.get_run(mv.run_id).data.metrics["audit_rerun_test_accuracy"] == result["after"]["test_accuracy"]
+    assert cli("audit", "-C", str(ws.root), "--version", "1") == 2  # purged: cannot be audited
+    assert "model files were purged" in capsys.readouterr().err
+
+
 def test_a_failing_audit_gate_keeps_production_where_it_was(erased, capsys):
     """Runs last: it leaves the workspace with an unpromoted version."""
     ws = erased["ws"]
