@@ -49,10 +49,10 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     shards = [f.result() for f in futures]
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
     metrics = pipeline.evaluate(root)
-    forgotten = erasure.measure_erased(params.data, root, resolved["erased_records"])
-    compute_seconds = time.perf_counter() - t_compute
     audited = erasure.audit_version(params.data, root, resolved["erased_records"], eid,
                                     tracking.stored_constituents(ws, previous))
+    forgotten = audited["forgotten"]
+    compute_seconds = time.perf_counter() - t_compute
     previous_acc = float(previous.tags["ensemble_test_accuracy"]) if previous and \
         "ensemble_test_accuracy" in previous.tags else None
     audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)

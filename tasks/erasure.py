@@ -1,5 +1,5 @@
-"""Prefect tasks of the erase flow: resolve the ledger's pending requests, measure the
-erased records, purge what still holds them, and write the certificate."""
+"""Prefect tasks of the erase flow: resolve the ledger's pending requests, audit the new
+version on the erased records, purge what still holds them, and write the certificate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -68,21 +67,6 @@ def resolve_requests(cfg: DataConfig, root: str) -> dict:
     }
 
 
-@task(name="erased-record-metrics", cache_policy=NO_CACHE)
-def measure_erased(cfg: DataConfig, root: str, erased: list[str]) -> dict:
-    """Loss/confidence of the new ensemble on the erased records vs never-seen holdout records."""
-    ws = Workspace(root)
-    records = load_pseudonymized(cfg, ws.secret_key())
-    wanted = set(erased)
-    idx = [i for i, r in enumerate(records.record_ids) if r in wanted]
-    ensemble = load_ensemble(ws.layout)
-    holdout = load_split(ws.layout, "holdout")
-    gone = records.take(idx)
-    probs_e = ensemble.scores(gone.images, "softmax_mean") if len(gone) else np.zeros((0, len(records.classes)))
-    probs_h = ensemble.scores(holdout.images, "softmax_mean")
-    return erased_record_metrics(probs_e, gone.labels, probs_h, holdout.labels)
-
-
 @task(name="purge-workspace", cache_policy=NO_CACHE)
 def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
     """Delete slice checkpoints no current constituent uses (all that saw erased records)
@@ -119,7 +103,8 @@ def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previ
                   current_files: dict | None = None) -> dict:
     """Audit the new ensemble (the workspace's, or ``current_files``) and, if its files are
     still stored, the previous one, on the erased records; draw their confidence beside
-    retain and test records."""
+    retain and test records. ``forgotten``: the erased records' mean loss and confidence
+    beside the holdout records' (from the same outputs)."""
     import time
 
     from unlearnflow.audit import Outputs
@@ -152,5 +137,7 @@ def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previ
         {label[k]: v for k, v in before.items() if k in label} if before else None,
         title=f"erasure {eid}",
     )
+    forget, holdout = after["forget"], after["holdout"]
     return {"after": report, "before": report_before, "histogram": str(png),
+            "forgotten": erased_record_metrics(forget.probs, forget.labels, holdout.probs, holdout.labels),
             "seconds": round(time.perf_counter() - t0, 2)}

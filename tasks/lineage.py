@@ -51,13 +51,14 @@ def dvc_status_clean(root: Path) -> tuple[bool, str]:
 
 
 def lock_info(root: Path) -> dict:
-    """md5 of dvc.lock and, per stage, the md5 of each output."""
+    """md5 of dvc.lock and, per stage, the md5 of each output and each dependency."""
     lock = Path(root) / "dvc.lock"
-    data = yaml.safe_load(lock.read_text())
-    outs = {
-        stage: {o["path"]: o.get("md5") for o in body.get("outs", [])} for stage, body in data.get("stages", {}).items()
-    }
-    return {"dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest(), "outs": outs}
+    stages = yaml.safe_load(lock.read_text()).get("stages", {})
+
+    def md5s(key: str) -> dict:
+        return {stage: {e["path"]: e.get("md5") for e in body.get(key, [])} for stage, body in stages.items()}
+
+    return {"dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest(), "outs": md5s("outs"), "deps": md5s("deps")}
 
 
 def git_head(root: Path) -> str | None:

@@ -217,14 +217,10 @@ def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: s
     for mv in client.search_model_versions(f"name = '{name}'"):
         if str(mv.version) == str(keep_version) or mv.tags.get("purged"):
             continue
-        if mv.source.startswith("models:/"):
-            location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
-        else:
-            location = mv.source
-        path = Path(urllib.parse.urlparse(location).path) if location.startswith("file:") else Path(location)
+        path = model_files_dir(ws, mv)
         if not path.is_absolute() or not str(path).startswith(str(ws.root)):
             raise RuntimeError(f"cannot purge model version {mv.version}: its artifacts are not in this workspace "
-                               f"({location}); delete them from that store by hand")
+                               f"({path}); delete them from that store by hand")
         shutil.rmtree(path, ignore_errors=True)
         client.set_model_version_tag(name, mv.version, "purged", reason)
         purged.append(str(mv.version))
@@ -285,13 +281,19 @@ def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float 
     return None
 
 
+def model_files_dir(ws: Workspace, mv) -> Path:
+    """Local directory of a registered version's logged model (MLflow 3: ``models:/m-…``)."""
+    location = mv.source
+    if location.startswith("models:/"):
+        location = client_for(ws).get_logged_model(location.split("/", 1)[1].strip("/")).artifact_location
+    return Path(urllib.parse.urlparse(location).path) if location.startswith("file:") else Path(location)
+
+
 def stored_constituents(ws: Workspace, mv) -> dict | None:
     """Paths of a registered version's stored constituent files (None once purged)."""
-    if mv is None or mv.tags.get("purged") or not mv.source.startswith("models:/"):
+    if mv is None or mv.tags.get("purged"):
         return None
-    client = client_for(ws)
-    location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
-    root = Path(urllib.parse.urlparse(location).path) / "artifacts"
+    root = model_files_dir(ws, mv) / "artifacts"
     spec_path = root / "ensemble.json"
     if not spec_path.is_file():
         return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from tasks import lineage
 from tasks.workspace import Workspace
@@ -62,7 +61,7 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     for k in params.partition.shards:
         stage = f"train@{k}"
         files = {"manifest": md5_file(layout.shard_manifest(k)), "model": md5_file(layout.model(k))}
-        dvc_manifest = _dep_md5(ws.root, stage, layout.rel(layout.shard_manifest(k)))
+        dvc_manifest = lock["deps"].get(stage, {}).get(layout.rel(layout.shard_manifest(k)))
         dvc_model = lock["outs"].get(stage, {}).get(layout.rel(layout.model(k)))
         sources = {"dvc.lock": (dvc_manifest, dvc_model)}
         if latest:
@@ -106,26 +105,8 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     return checks
 
 
-def _dep_md5(root: Path, stage: str, path: str) -> str | None:
-    import yaml
-
-    data = yaml.safe_load((Path(root) / "dvc.lock").read_text())
-    for dep in data["stages"].get(stage, {}).get("deps", []):
-        if dep["path"] == path:
-            return dep["md5"]
-    return None
-
-
 def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
     """md5 of each constituent file inside the registered version's stored model."""
-    import urllib.parse
+    from tasks.tracking import model_files_dir
 
-    from tasks.tracking import client_for
-
-    client = client_for(ws)
-    location = client.get_logged_model(mv.source.split("/", 1)[1].strip("/")).artifact_location
-    root = Path(urllib.parse.urlparse(location).path)
-    out = {}
-    for path in (root / "artifacts").glob("shard_*.pt"):
-        out[path.stem.split("_", 1)[1]] = md5_file(path)
-    return out
+    return {p.stem.split("_", 1)[1]: md5_file(p) for p in (model_files_dir(ws, mv) / "artifacts").glob("shard_*.pt")}
