@@ -177,7 +177,10 @@ def _run_erase_and_report(ws, args) -> int:
     a = result["audit"]
     print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
           + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
-          + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}, {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}"
+          + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}"
+          + (f", LiRA AUC {a['after']['forget_vs_holdout_lira_auc']:.3f}" if "forget_vs_holdout_lira_auc" in a["after"]
+             else "")
+          + f", {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}"
           + f"; histogram {a['histogram']}")
     m = result["mlflow"]
     print(f"model version {m['version']} ({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); "
@@ -267,7 +270,10 @@ def cmd_demo(args) -> int:
     m = result["mlflow"]
     print(f"model        {params.tracking.registered_model} v{m['version']} "
           f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}), test accuracy "
-          f"{result['metrics']['ensemble_accuracy']:.4f}; v{result['previous_version'] or '-'} model files purged")
+          f"{result['metrics']['ensemble_accuracy']:.4f}; "
+          + (f"model files of v{', v'.join(map(str, result['superseded_purged']))} purged" if result["superseded_purged"]
+             else f"kept v{', v'.join(map(str, result['superseded_retained']))} ({params.retention.reason})"
+             if result["superseded_retained"] else "no superseded model files purged"))
     print(f"certificate  {Path(result['certificate']).relative_to(ws.root)}; check it with "
           f"`unlearnflow verify -C {args.workspace} --retrain`")
     print(f"MLflow UI    `unlearnflow ui -C {args.workspace}`, experiment {params.tracking.experiment}, run "
@@ -298,22 +304,49 @@ def cmd_serve(args) -> int:
 def cmd_audit(args) -> int:
     from flows.audit import run_audit
 
-    result = run_audit(args.workspace, args.version)
+    result = run_audit(args.workspace, args.version, args.reference, args.lira)
     if args.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
-    a = result["after"]
-    print(f"audit of version {result['version']} ({result['seconds']:.1f}s)")
-    rows = [("erased records (all requests so far)", f"{result['erased_total']}"),
-            ("  of which still in the source, audited", f"{a['forget_records']}"),
-            ("forget accuracy", f"{a['forget_accuracy']:.4f}"),
-            ("retain accuracy", f"{a['retain_accuracy']:.4f}"),
-            ("test accuracy", f"{a['test_accuracy']:.4f}"),
-            ("MIA AUC, forget vs holdout (0.5 = unseen)", f"{a['forget_vs_holdout_mia_auc']:.4f}"),
-            ("MIA-efficacy (SVC; higher = more forgotten)", f"{a['mia_efficacy']:.4f}")]
-    for label, value in rows:
-        print(f"  {label:44s} {value}")
+    a, r = result["after"], result["reference"] or {}
+    ref = f"reference v{result['reference_version']}" if r else ""
+    print(f"audit of version {result['version']}" + (f" against {ref}" if r else "") + f" ({result['seconds']:.1f}s"
+          + (f", of which {result['lira_reference_seconds']:.1f}s LiRA references" if result["lira_reference_seconds"]
+             else "") + ")")
+    rows = [("erased records (all requests so far)", "erased_total", "{:.0f}"),
+            ("  of which still in the source, audited", "forget_records", "{:.0f}"),
+            ("forget accuracy", "forget_accuracy", "{:.4f}"),
+            ("retain accuracy", "retain_accuracy", "{:.4f}"),
+            ("test accuracy", "test_accuracy", "{:.4f}"),
+            ("MIA AUC, forget vs holdout (0.5 = unseen)", "forget_vs_holdout_mia_auc", "{:.4f}"),
+            ("MIA-efficacy (SVC; higher = more forgotten)", "mia_efficacy", "{:.4f}"),
+            ("LiRA AUC, forget vs holdout", "forget_vs_holdout_lira_auc", "{:.4f}"),
+            ("LiRA TPR at 1% FPR", "forget_vs_holdout_lira_tpr_at_1pct_fpr", "{:.4f}")]
+    print(f"  {'':46s} {'v' + result['version']:>10s}" + (f" {ref:>20s}" if r else ""))
+    a = {**a, "erased_total": result["erased_total"]}
+    for label, key, fmt in rows:
+        if key in a:
+            print(f"  {label:46s} {fmt.format(a[key]):>10s}" + (f" {fmt.format(r[key]):>20s}" if key in r else ""))
+    if r:
+        print(f"  {'Avg Gap (forget/retain/test acc, MIA-efficacy)':46s} {result['avg_gap']:>10.4f}")
     print(f"histogram: {result['histogram']}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from unlearnflow.unlearning import UNLEARNERS
+
+    rows = []
+    for name in UNLEARNERS.names():
+        cls = UNLEARNERS.get(name)
+        retain = "needs" if cls.needs_retain else "optional" if cls.can_use_retain else "never"
+        rows.append({"method": name, "retain_data": retain, "summary": cls.summary})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'method':24s} {'retain data':12s} what it does")
+    for r in rows:
+        print(f"{r['method']:24s} {r['retain_data']:12s} {r['summary']}")
     return 0
 
 
@@ -496,6 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("audit", "audit a model version against every record erased so far (a Prefect flow)", cmd_audit)
     sp.add_argument("--version", help="registered version to audit (default: production)")
+    sp.add_argument("--reference", metavar="VERSION",
+                    help="also audit this version (e.g. an exact erasure) and report the Avg Gap to it")
+    sp.add_argument("--lira", type=int, metavar="K",
+                    help="LiRA attack with K reference models for this audit (overrides audit.lira_references)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = sub.add_parser("methods", help="list the unlearning methods (unlearn.method in params.yaml)",
+                        description="list the unlearning methods (unlearn.method in params.yaml)")
+    sp.set_defaults(fn=cmd_methods)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("verify", "check the erasure promises using only the workspace and MLflow (exit 1 on failure)", cmd_verify)

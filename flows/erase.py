@@ -49,7 +49,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     shards = [f.result() for f in futures]
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
     metrics = pipeline.evaluate(root)
-    audited = erasure.audit_version(params.data, root, resolved["erased_records"], eid,
+    audited = erasure.audit_version(params, root, resolved["erased_records"], eid,
                                     tracking.stored_constituents(ws, previous))
     forgotten = audited["forgotten"]
     compute_seconds = time.perf_counter() - t_compute
@@ -90,6 +90,8 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
                        **{f"audit_{k}": v for k, v in audited["after"].items() if v == v},
                        **{f"audit_before_{k}": v for k, v in (audited["before"] or {}).items() if v == v},
                        "audit_seconds": audited["seconds"], "audit_passed": float(audit_ok),
+                       **({"audit_lira_reference_seconds": audited["lira_reference_seconds"]}
+                          if audited["lira_reference_seconds"] else {}),
                        "erasure_compute_seconds": compute_seconds},
     )
     body = {

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.workspace import Workspace
 from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
-from unlearnflow.config import DataConfig, PartitionConfig
+from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
 from unlearnflow.hashing import hash_json
@@ -99,45 +99,64 @@ def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
 
 
 @task(name="audit", cache_policy=NO_CACHE)
-def audit_version(cfg: DataConfig, root: str, erased: list[str], eid: str, previous_files: dict | None,
-                  current_files: dict | None = None) -> dict:
+def audit_version(params: Params, root: str, erased: list[str], eid: str, previous_files: dict | None,
+                  current_files: dict | None = None, titles: tuple[str, str] | None = None) -> dict:
     """Audit the new ensemble (the workspace's, or ``current_files``) and, if its files are
-    still stored, the previous one, on the erased records; draw their confidence beside
-    retain and test records. ``forgotten``: the erased records' mean loss and confidence
-    beside the holdout records' (from the same outputs)."""
+    still stored, the previous one (or a reference version), on the erased records; draw
+    their confidence beside retain and test records, one panel each, titled ``titles``.
+    ``forgotten``: the erased records' mean loss and confidence beside the holdout
+    records' (from the same outputs). With ``audit.lira_references`` = K > 0, K reference
+    ensembles are trained first (held in memory only, never stored)."""
+    import logging
     import time
 
     from unlearnflow.audit import Outputs
+    from unlearnflow.audit.lira import train_references
     from unlearnflow.audit.report import audit, confidence_histogram
     from unlearnflow.ensemble import Ensemble
+    from unlearnflow.records import RecordSet
 
     t0 = time.perf_counter()
     ws = Workspace(root)
-    records = load_pseudonymized(cfg, ws.secret_key())
+    records = load_pseudonymized(params.data, ws.secret_key())
     wanted = set(erased)
     sets = {"forget": records.take([i for i, r in enumerate(records.record_ids) if r in wanted]),
             **{name: load_split(ws.layout, name) for name in ("train", "test", "holdout")}}
+    references, k = None, params.audit.lira_references
+    if k and len(sets["forget"]):
+        log = logging.getLogger("unlearnflow")
+        log.info("audit: training %d LiRA reference ensembles on halves of %d records", k,
+                 len(sets["train"]) + len(sets["forget"]) + len(sets["holdout"]))
+        references = train_references(
+            RecordSet.concat([sets["train"], sets["forget"], sets["holdout"]]), k, params.partition, params.train,
+            params.aggregate.method, seed=params.train.seed, workers=params.runner.workers,
+            progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
 
     def outputs(ensemble) -> dict:
-        return {name: Outputs(ensemble.scores(rs.images, "softmax_mean"), rs.labels) for name, rs in sets.items()}
+        return {name: Outputs(ensemble.scores(rs.images, "softmax_mean"), rs.labels, rs.record_ids)
+                for name, rs in sets.items()}
+
+    def run_audit(out: dict) -> dict:
+        return audit(out["forget"], out["train"], out["test"], out["holdout"], references)
 
     after = outputs(Ensemble.from_files(current_files["paths"], current_files["method"], current_files["classes"])
                     if current_files else load_ensemble(ws.layout))
-    report = audit(after["forget"], after["train"], after["test"], after["holdout"])
+    report = run_audit(after)
     before, report_before = None, None
     if previous_files:
         before = outputs(Ensemble.from_files(previous_files["paths"], previous_files["method"],
                                              previous_files["classes"]))
-        report_before = audit(before["forget"], before["train"], before["test"], before["holdout"])
+        report_before = run_audit(before)
+    titles = titles or (f"after erasure {eid}", "before")
     label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
+    panels = {titles[0]: {label[k]: v for k, v in after.items() if k in label}}
+    if before:
+        panels[titles[1]] = {label[k]: v for k, v in before.items() if k in label}
     png = confidence_histogram(
         ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
-        else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png",
-        {label[k]: v for k, v in after.items() if k in label},
-        {label[k]: v for k, v in before.items() if k in label} if before else None,
-        title=f"erasure {eid}",
-    )
+        else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)
     forget, holdout = after["forget"], after["holdout"]
     return {"after": report, "before": report_before, "histogram": str(png),
             "forgotten": erased_record_metrics(forget.probs, forget.labels, holdout.probs, holdout.labels),
+            "lira_reference_seconds": round(references.seconds, 2) if references else None,
             "seconds": round(time.perf_counter() - t0, 2)}

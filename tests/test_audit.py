@@ -1,17 +1,36 @@
-"""Audit metrics on data with a known answer (issue 4, first part)."""
+"""Audit metrics on data with a known answer."""
+
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from unlearnflow.audit import ATTACKS, Outputs, auc, create_attack
+from unlearnflow.audit import ATTACKS, Outputs, auc, create_attack, tpr_at_fpr
+from unlearnflow.audit.lira import References, membership_plan
+from unlearnflow.audit.report import avg_gap
 
 
-def outputs_with_confidence(conf: np.ndarray, k: int = 10) -> Outputs:
+def outputs_with_confidence(conf: np.ndarray, k: int = 10, ids=None) -> Outputs:
     """Probabilities whose true-class entry is ``conf`` (label 0), the rest spread evenly."""
     probs = np.tile(((1 - conf) / (k - 1))[:, None], (1, k))
     probs[:, 0] = conf
-    return Outputs(probs, np.zeros(len(conf), dtype=np.int64))
+    return Outputs(probs, np.zeros(len(conf), dtype=np.int64), ids)
+
+
+def synthetic_references(n: int = 2000, k: int = 8, seed: int = 5):
+    """References where every record has its own difficulty (mean OUT logit-confidence)
+    and training on it raises its logit-confidence by 3."""
+    rng = np.random.default_rng(seed)
+    ids = tuple(f"r{i}" for i in range(n))
+    mu_out = rng.normal(0, 3, n)  # hard and easy records: a global threshold mixes them up
+    mu_in = mu_out + 3
+    member = membership_plan(n, k, seed)
+    phi = np.where(member, mu_in, mu_out) + rng.normal(0, 0.5, (k, n))
+    return References(ids, np.zeros(n, dtype=np.int64), phi, member), mu_in, mu_out, rng
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
 
 
 def test_auc_agrees_with_scikit_learn_including_ties():
@@ -49,9 +68,79 @@ def test_svc_efficacy_calls_unseen_like_data_non_members_and_memorised_data_memb
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_every_attack_returns_finite_numbers_in_unit_range(name):
     rng = np.random.default_rng(4)
-    a, b, c = (outputs_with_confidence(rng.uniform(0.05, 0.99, 100)) for _ in range(3))
-    result = create_attack(name).score(a, b, c)
+    ids = [tuple(f"r{i}" for i in range(j * 100, (j + 1) * 100)) for j in range(3)]
+    a, b, c = (outputs_with_confidence(rng.uniform(0.05, 0.99, 100), ids=i) for i in ids)
+    kwargs = {"references": synthetic_references(n=300)[0]} if name == "lira" else {}
+    result = create_attack(name, **kwargs).score(a, b, c)
     assert result and all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_tpr_at_low_fpr_agrees_with_scikit_learns_roc_curve():
+    rng = np.random.default_rng(6)
+    m, n = rng.normal(1, 1, 700), rng.normal(0, 1, 900).round(2)
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(700), np.zeros(900)], np.r_[m, n])
+    for target in (0.001, 0.01, 0.1):
+        assert tpr_at_fpr(m, n, target) == pytest.approx(tpr[np.searchsorted(fpr, target, side="right") - 1])
+
+
+def test_membership_plan_puts_every_record_in_exactly_half_the_references():
+    plan = membership_plan(500, 8, seed=0)
+    assert plan.shape == (8, 500) and (plan.sum(0) == 4).all()
+    assert 200 < plan[0].sum() < 300  # each reference trains on about half the pool
+    with pytest.raises(ValueError, match="even number"):
+        membership_plan(10, 3, 0)
+
+
+def test_lira_finds_members_per_example_where_a_global_loss_threshold_cannot():
+    refs, mu_in, mu_out, rng = synthetic_references()
+    n = len(refs.record_ids)
+    is_member = rng.random(n) < 0.5
+    target_phi = np.where(is_member, mu_in, mu_out) + rng.normal(0, 0.5, n)
+    out = outputs_with_confidence(sigmoid(target_phi), ids=refs.record_ids)
+    members = Outputs(out.probs[is_member], out.labels[is_member], tuple(np.array(refs.record_ids)[is_member]))
+    non = Outputs(out.probs[~is_member], out.labels[~is_member], tuple(np.array(refs.record_ids)[~is_member]))
+    lira = create_attack("lira", references=refs).score(members, non)
+    loss = create_attack("loss_threshold").score(members, non)
+    assert lira["auc"] > 0.95 and lira["tpr_at_1pct_fpr"] > 0.5
+    assert loss["auc"] < lira["auc"] - 0.2
+
+
+def test_lira_gives_one_half_when_nobody_is_a_member():
+    refs, _, mu_out, rng = synthetic_references()
+    n = len(refs.record_ids)
+    out = outputs_with_confidence(sigmoid(mu_out + rng.normal(0, 0.5, n)), ids=refs.record_ids)
+    half = n // 2
+    a = Outputs(out.probs[:half], out.labels[:half], refs.record_ids[:half])
+    b = Outputs(out.probs[half:], out.labels[half:], refs.record_ids[half:])
+    result = create_attack("lira", references=refs).score(a, b)
+    assert abs(result["auc"] - 0.5) < 0.04 and result["tpr_at_1pct_fpr"] < 0.04
+
+
+def test_lira_refuses_records_or_labels_it_has_no_references_for():
+    refs = synthetic_references(n=50)[0]
+    attack = create_attack("lira", references=refs)
+    with pytest.raises(ValueError, match="not in the reference pool"):
+        attack.scores(outputs_with_confidence(np.full(2, 0.5), ids=("r1", "elsewhere")))
+    with pytest.raises(ValueError, match="record_ids"):
+        attack.scores(outputs_with_confidence(np.full(2, 0.5)))
+    relabelled = Outputs(np.full((2, 10), 0.1), np.array([3, 3]), ("r1", "r2"))
+    with pytest.raises(ValueError, match="labels differ"):
+        attack.scores(relabelled)
+
+
+def test_logit_confidence_stays_finite_for_confident_predictions():
+    probs = np.array([[1 - 1e-9, 1e-9], [0.5, 0.5], [0.2, 0.8]], dtype=np.float32)
+    phi = Outputs(probs, np.array([0, 0, 0])).logit_confidence
+    assert phi[0] == pytest.approx(np.log(1 - 1e-9) - np.log(1e-9), rel=1e-3)  # 1 - p would round to 0
+    np.testing.assert_allclose(phi[1:], [0.0, np.log(0.2 / 0.8)], atol=1e-6)
+
+
+def test_avg_gap_is_the_mean_absolute_difference_of_the_four_amun_metrics():
+    a = {"forget_accuracy": 0.9, "retain_accuracy": 0.95, "test_accuracy": 0.9, "mia_efficacy": 0.2}
+    b = {"forget_accuracy": 0.8, "retain_accuracy": 0.97, "test_accuracy": 0.9, "mia_efficacy": 0.3}
+    assert avg_gap(a, b) == pytest.approx((0.1 + 0.02 + 0 + 0.1) / 4)
+    assert avg_gap(a, a) == 0.0
+    assert avg_gap({**a, "forget_accuracy": float("nan")}, b) == pytest.approx((0.02 + 0 + 0.1) / 3)
 
 
 def test_outputs_accuracy_loss_and_confidence():

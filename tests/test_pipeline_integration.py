@@ -204,3 +204,34 @@ def test_demo_trains_then_erases_one_subject_and_summarises(prefect_server, tmp_
     assert "asks to be forgotten" in out and "removed " in out and "trained nothing" in out
     assert "(production)" in out and "lineage/certificates/0001-" in out
     assert cli("verify", "-C", str(ws.root), "--retrain") == 0
+
+
+def test_erasure_audit_with_lira_and_an_avg_gap_to_a_kept_reference_version(prefect_server, tmp_path, capsys):
+    overrides = {**FAST, "audit": {"lira_references": 2},
+                 "retention": {"keep_superseded": True, "reason": "test: audit against v1"}}
+    ws = make_workspace(tmp_path / "lira", overrides)
+    assert cli("demo", "-C", str(ws.root)) == 0
+    out = capsys.readouterr().out
+    assert "kept v1 (test: audit against v1)" in out
+    cert = json.loads(sorted((ws.root / "lineage" / "certificates").glob("*.json"))[-1].read_text())
+    assert 0.0 <= cert["audit"]["after"]["forget_vs_holdout_lira_auc"] <= 1.0
+    assert "forget_vs_holdout_lira_tpr_at_1pct_fpr" in cert["audit"]["before"]
+    client = client_for(ws)
+    run = client.get_run(client.get_model_version("unlearnflow-sisa", "2").run_id)
+    assert run.data.metrics["audit_lira_reference_seconds"] > 0
+    assert run.data.metrics["audit_forget_vs_holdout_lira_auc"] == cert["audit"]["after"]["forget_vs_holdout_lira_auc"]
+
+    assert cli("audit", "-C", str(ws.root), "--reference", "1", "--lira", "0", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == "2" and result["reference_version"] == "1"
+    assert "forget_vs_holdout_lira_auc" not in result["after"]  # --lira 0 overrides params.yaml
+    gaps = [abs(result["after"][k] - result["reference"][k])
+            for k in ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")]
+    assert result["avg_gap"] == pytest.approx(sum(gaps) / 4)
+    assert result["reference"]["forget_accuracy"] >= result["after"]["forget_accuracy"]  # v1 trained on them
+    assert client.get_run(run.info.run_id).data.metrics["audit_rerun_avg_gap"] == pytest.approx(result["avg_gap"])
+
+    assert cli("audit", "-C", str(ws.root), "--reference", "7") == 2
+    assert "has no version '7'; registered versions: 1, 2" in capsys.readouterr().err
+    assert cli("audit", "-C", str(ws.root), "--lira", "3") == 2
+    assert "--lira 3 is invalid: expected 0 (off) or an even number >= 2" in capsys.readouterr().err

@@ -129,12 +129,51 @@ class AuditConfig:
 
     max_forget_mia_auc: float | None = None  # loss-threshold AUC, erased records vs holdout; null = no limit
     max_test_accuracy_drop: float = 0.05  # vs the version in production before the erasure
+    lira_references: int = 0  # K reference models for the LiRA attack (even, >= 2); 0 = off
 
     def __post_init__(self):
+        _check(self.lira_references == 0 or (self.lira_references >= 2 and self.lira_references % 2 == 0),
+               "audit.lira_references", self.lira_references, "0 (off) or an even number >= 2")
         _check(self.max_forget_mia_auc is None or 0 <= self.max_forget_mia_auc <= 1, "audit.max_forget_mia_auc",
                self.max_forget_mia_auc, "a number in [0, 1] or null")
         _check(0 <= self.max_test_accuracy_drop <= 1, "audit.max_test_accuracy_drop", self.max_test_accuracy_drop,
                "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """An approximate unlearning method and its knobs (``unlearnflow/unlearning/``).
+
+    Only the fields a method reads matter to it; ``unlearnflow methods`` lists which."""
+
+    method: str = "influence_second_order"  # a name from unlearnflow.unlearning.UNLEARNERS
+    lr: float = 0.01  # step size (first-order influence: the unlearning rate tau)
+    epochs: int = 5  # passes over the method's fine-tuning data
+    batch_size: int = 64
+    use_retain: bool = True  # may the method read retain data (for methods that can do without)?
+    seed: int = 0
+    l2: float = 0.0  # L2 strength C of the trained objective sum(loss) + C/2 |theta|^2 (influence)
+    damping: float = 0.01  # added to the mean Hessian's diagonal (influence, second order)
+    ihvp: str = "cg"  # cg | lissa: how H^-1 v is computed
+    ihvp_iterations: int = 50
+    hessian_samples: int = 1024  # retain records the Hessian is estimated on
+    lissa_scale: float = 50.0  # LiSSA: an upper bound on the mean Hessian's largest eigenvalue
+    pgd_steps: int = 10  # AMUN: L2 PGD steps per radius
+    eps_init: float | None = None  # AMUN: first L2 radius; null = from each example's logit margin
+    eps_doublings: int = 8  # AMUN: times the radius may double before giving up on an example
+
+    def __post_init__(self):
+        _check(self.lr > 0, "unlearn.lr", self.lr, "a positive number")
+        _check(self.epochs >= 0, "unlearn.epochs", self.epochs, "an integer >= 0")
+        _check(self.batch_size >= 1, "unlearn.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.l2 >= 0 and self.damping >= 0, "unlearn.l2/damping", (self.l2, self.damping), "numbers >= 0")
+        _check(self.ihvp in ("cg", "lissa"), "unlearn.ihvp", self.ihvp, "cg or lissa")
+        _check(self.ihvp_iterations >= 1 and self.hessian_samples >= 1 and self.pgd_steps >= 1,
+               "unlearn.ihvp_iterations/hessian_samples/pgd_steps",
+               (self.ihvp_iterations, self.hessian_samples, self.pgd_steps), "integers >= 1")
+        _check(self.lissa_scale > 0, "unlearn.lissa_scale", self.lissa_scale, "a positive number")
+        _check(self.eps_init is None or self.eps_init > 0, "unlearn.eps_init", self.eps_init,
+               "a positive number or null")
 
 
 @dataclass(frozen=True)
@@ -176,6 +215,7 @@ class Params:
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)

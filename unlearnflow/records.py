@@ -61,6 +61,21 @@ class RecordSet:
     def with_subjects(self, subject_ids) -> "RecordSet":
         return dataclasses.replace(self, subject_ids=tuple(subject_ids))
 
+    @staticmethod
+    def concat(sets: list["RecordSet"]) -> "RecordSet":
+        """One record set from several with the same classes, in order."""
+        if len({s.classes for s in sets}) != 1:
+            raise ValueError("record sets with different classes cannot be concatenated")
+        return RecordSet(
+            images=np.concatenate([s.images for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            record_ids=sum((s.record_ids for s in sets), ()),
+            subject_ids=sum((s.subject_ids for s in sets), ()),
+            sources=sum((s.sources for s in sets), ()),
+            classes=sets[0].classes,
+            personal_subjects=any(s.personal_subjects for s in sets),
+        )
+
 
 def record_id_for(image: np.ndarray, label: int) -> str:
     """Content-derived identity: the same pixels with the same label get the same id."""

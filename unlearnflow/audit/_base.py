@@ -18,6 +18,7 @@ from unlearnflow._registry import Registry
 class Outputs:
     probs: np.ndarray  # (N, K) softmax probabilities
     labels: np.ndarray  # (N,) true class indices
+    record_ids: tuple[str, ...] | None = None  # needed by per-example attacks (lira)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -28,6 +29,17 @@ class Outputs:
     def loss(self) -> np.ndarray:
         """Cross-entropy of each record, (N,)."""
         return -np.log(np.clip(self.confidence, 1e-12, 1.0))
+
+    @property
+    def logit_confidence(self) -> np.ndarray:
+        """log(p / (1 - p)) of the true class, (N,); 1 - p summed from the other classes
+        so that it does not round to 0 for confident predictions."""
+        p = np.asarray(self.probs, dtype=np.float64)
+        rows = np.arange(len(self.labels))
+        true = p[rows, self.labels]
+        others = p.copy()
+        others[rows, self.labels] = 0.0
+        return np.log(np.clip(true, 1e-30, None)) - np.log(np.clip(others.sum(1), 1e-30, None))
 
     def accuracy(self) -> float:
         return float((self.probs.argmax(1) == self.labels).mean()) if len(self.labels) else float("nan")
@@ -58,3 +70,14 @@ def auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
     ranks = rankdata(np.concatenate([m, n]))  # ties get their average rank
     u = ranks[: len(m)].sum() - len(m) * (len(m) + 1) / 2
     return float(u / (len(m) * len(n)))
+
+
+def tpr_at_fpr(member_scores: np.ndarray, non_member_scores: np.ndarray, fpr: float = 0.01) -> float:
+    """Largest true-positive rate whose false-positive rate is at most ``fpr`` ("higher
+    score = member"): the threshold lets at most floor(fpr * len(non-members)) through."""
+    m, n = np.asarray(member_scores, float), np.sort(np.asarray(non_member_scores, float))[::-1]
+    if len(m) == 0 or len(n) == 0:
+        return float("nan")
+    allowed = int(np.floor(fpr * len(n) + 1e-9))
+    threshold = n[allowed] if allowed < len(n) else -np.inf
+    return float((m > threshold).mean())

@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from unlearnflow.audit._base import Outputs
+from unlearnflow.audit.lira import LiRA, References
 from unlearnflow.audit.loss_threshold import LossThreshold
 from unlearnflow.audit.svc_efficacy import SVCEfficacy
 from unlearnflow.config import AuditConfig
 
 
-def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs) -> dict:
-    """Numbers for a model and a forget set (NaN where the forget set is empty)."""
+def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs,
+          references: References | None = None) -> dict:
+    """Numbers for a model and a forget set (NaN where the forget set is empty). With
+    ``references`` (LiRA reference models), also the LiRA attack, forget vs holdout."""
     report = {
         "forget_accuracy": forget.accuracy(),
         "retain_accuracy": retain.accuracy(),
@@ -28,7 +31,23 @@ def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs) -> 
     report["forget_vs_holdout_mia_auc"] = (LossThreshold().score(forget, holdout)["auc"]
                                            if len(forget.labels) else float("nan"))
     report["mia_efficacy"] = SVCEfficacy().score(retain, test, forget)["efficacy"]
+    if references is not None and len(forget.labels):
+        lira = LiRA(references).score(forget, holdout)
+        report["forget_vs_holdout_lira_auc"] = lira["auc"]
+        report["forget_vs_holdout_lira_tpr_at_1pct_fpr"] = lira["tpr_at_1pct_fpr"]
     return report
+
+
+GAP_METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
+
+
+def avg_gap(report: dict, reference: dict) -> float:
+    """"Avg Gap" (AMUN, SalUn): mean absolute difference from a retrained reference's
+    audit over forget, retain and test accuracy and MIA-efficacy (0 = same as retraining).
+    Metrics that are NaN on either side are left out."""
+    gaps = [abs(report[k] - reference[k]) for k in GAP_METRICS
+            if report[k] == report[k] and reference[k] == reference[k]]
+    return float(np.mean(gaps)) if gaps else float("nan")
 
 
 def gate(report: dict, cfg: AuditConfig, previous_test_accuracy: float | None) -> tuple[bool, list[str]]:
@@ -44,23 +63,22 @@ def gate(report: dict, cfg: AuditConfig, previous_test_accuracy: float | None) -
     return not reasons, reasons
 
 
-def confidence_histogram(path: Path, after: dict[str, Outputs], before: dict[str, Outputs] | None = None,
-                         title: str = "") -> Path:
-    """PNG: true-class confidence of forget / retain / test, after (and before) the erasure."""
+def confidence_histogram(path: Path, panels: dict[str, dict[str, Outputs]]) -> Path:
+    """PNG, one panel per model (e.g. after and before an erasure): the true-class
+    confidence of each record set (forget / retain / test) as a density."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("after", after)] + ([("before", before)] if before else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     bins = np.linspace(0, 1, 21)
-    for ax, (name, sets) in zip(axes[0], panels):
+    for ax, (name, sets) in zip(axes[0], panels.items()):
         for label, out in sets.items():
             if len(out.labels):
                 ax.hist(out.confidence, bins=bins, density=True, histtype="step", linewidth=1.8,
                         label=f"{label} (n={len(out.labels)})")
-        ax.set_title(f"{name} {title}".strip())
+        ax.set_title(name)
         ax.set_xlabel("confidence in the true class")
         ax.set_ylabel("density")
         ax.legend(loc="upper left")

@@ -1,0 +1,31 @@
+"""Approximate (and reference) unlearning methods, one module each, registered by name.
+
+| method                  | retain data | what it does                                            |
+|-------------------------|-------------|---------------------------------------------------------|
+| retrain                 | needs       | exact reference: new weights, trained on retain only    |
+| finetune                | needs       | keep training on retain (+ corrected points)            |
+| gradient_ascent         | never       | ascend the loss on the forget set                       |
+| random_label            | optional    | fine-tune on the forget set with random wrong labels    |
+| influence_first_order   | never       | Warnecke et al. (NDSS 2023), gradient step              |
+| influence_second_order  | optional    | Warnecke et al., inverse-Hessian step (CG or LiSSA)     |
+| amun                    | optional    | AMUN (ICML 2025): fine-tune on nearest adversarials     |
+
+    model, result = create_unlearner("amun")(model, edit, retain, cfg)
+
+Every method takes an ``Edit`` (erase points, or correct their labels or features), so
+rectification and feature removal go through the same interface. Adding a method: a
+module with an ``Unlearner`` subclass decorated ``@register_unlearner``, imported below;
+tests/test_unlearning.py runs every registered method.
+"""
+
+from unlearnflow.unlearning._base import UNLEARNERS, Data, Edit, Unlearner, UnlearnResult, register_unlearner
+from unlearnflow.unlearning import (  # noqa: F401  (registration)
+    amun, finetune, gradient_ascent, influence, random_label, retrain,
+)
+
+
+def create_unlearner(name: str) -> Unlearner:
+    return UNLEARNERS.get(name)()
+
+
+__all__ = ["UNLEARNERS", "Data", "Edit", "Unlearner", "UnlearnResult", "create_unlearner", "register_unlearner"]

@@ -1,0 +1,117 @@
+"""The ``Unlearner`` interface: a model, what to forget, maybe retain data, a config in;
+an updated copy of the model and a result record out.
+
+What to forget is an ``Edit`` (Warnecke et al.'s Z -> Z~): the affected points as
+trained (``x``, ``y``) and, optionally, what they should have been: corrected labels
+(``y_new``, rectification) or corrected features (``x_new``, e.g. a pixel region
+zeroed in every record). No replacement means the points are erased.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unlearnflow._registry import Registry
+from unlearnflow.config import UnlearnConfig
+
+
+@dataclass
+class Data:
+    x: torch.Tensor  # (N, C, H, W) float, as the model takes it
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Edit:
+    x: torch.Tensor  # (N, C, H, W) the affected points as the model was trained on them
+    y: torch.Tensor  # (N,)
+    x_new: torch.Tensor | None = None  # corrected features (None: unchanged)
+    y_new: torch.Tensor | None = None  # corrected labels (None: unchanged)
+    train_size: int | None = None  # records the model was trained on (influence needs it without retain)
+
+    @property
+    def erases(self) -> bool:
+        return self.x_new is None and self.y_new is None
+
+    @property
+    def forget(self) -> Data:
+        return Data(self.x, self.y)
+
+    @property
+    def replacement(self) -> Data | None:
+        """The corrected points, or None when the edit erases."""
+        if self.erases:
+            return None
+        return Data(self.x if self.x_new is None else self.x_new, self.y if self.y_new is None else self.y_new)
+
+
+@dataclass
+class UnlearnResult:
+    method: str
+    seconds: float
+    used_retain: bool
+    details: dict = field(default_factory=dict)
+
+
+class Unlearner:
+    """One method. Subclasses set ``name`` and the two retain flags and implement ``update``."""
+
+    name: str = ""
+    needs_retain: bool = False  # cannot work without retain data
+    can_use_retain: bool = True  # reads retain data when given and allowed
+    summary: str = ""
+
+    def __call__(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> tuple[nn.Module, UnlearnResult]:
+        retain = retain if (cfg.use_retain and self.can_use_retain) else None
+        if self.needs_retain and retain is None:
+            raise ValueError(f"method {self.name!r} needs retain data (unlearn.use_retain is false or none given); "
+                             f"methods that work without it: {', '.join(n for n in UNLEARNERS.names() if not UNLEARNERS.get(n).needs_retain)}")
+        t0 = time.perf_counter()
+        model = copy.deepcopy(model)
+        details = self.update(model, edit, retain, cfg) or {}
+        model.eval()
+        return model, UnlearnResult(self.name, time.perf_counter() - t0, retain is not None, details)
+
+    def update(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> dict | None:
+        raise NotImplementedError
+
+
+UNLEARNERS: Registry = Registry("unlearning method")
+
+
+def register_unlearner(cls):
+    UNLEARNERS.register(cls.name)(cls)
+    return cls
+
+
+def concat(*parts: Data | None) -> Data:
+    parts = [p for p in parts if p is not None and len(p)]
+    return Data(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
+def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, weights: torch.Tensor | None = None) -> int:
+    """``cfg.epochs`` of SGD (momentum 0.9) on cross-entropy times ``sign`` (-1: ascent).
+    Returns the number of steps."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    g = torch.Generator().manual_seed(cfg.seed)
+    steps = 0
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(data), generator=g)
+        for start in range(0, len(data), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = sign * F.cross_entropy(model(data.x[idx]), data.y[idx])
+            loss.backward()
+            opt.step()
+            steps += 1
+    return steps

@@ -1,0 +1,17 @@
+"""gradient_ascent: maximise the loss on the forget set (and, for a correction, then
+minimise it on the corrected points). Never reads retain data."""
+
+from unlearnflow.unlearning._base import Unlearner, fit, register_unlearner
+
+
+@register_unlearner
+class GradientAscent(Unlearner):
+    name = "gradient_ascent"
+    can_use_retain = False
+    summary = "ascend the loss on the forget set"
+
+    def update(self, model, edit, retain, cfg):
+        steps = fit(model, edit.forget, cfg, sign=-1.0)
+        if edit.replacement is not None:
+            steps += fit(model, edit.replacement, cfg)
+        return {"steps": steps}

@@ -1,0 +1,19 @@
+"""random_label: fine-tune on the forget set relabelled with random wrong classes
+(plus corrected points, plus retain data when allowed)."""
+
+import torch
+
+from unlearnflow.unlearning._base import Data, Unlearner, concat, fit, register_unlearner
+
+
+@register_unlearner
+class RandomLabel(Unlearner):
+    name = "random_label"
+    summary = "fine-tune on the forget set with random wrong labels (+ retain)"
+
+    def update(self, model, edit, retain, cfg):
+        with torch.no_grad():
+            k = model(edit.x[:1]).shape[1]
+        g = torch.Generator().manual_seed(cfg.seed)
+        wrong = (edit.y + torch.randint(1, k, edit.y.shape, generator=g)) % k
+        return {"steps": fit(model, concat(Data(edit.x, wrong), edit.replacement, retain), cfg)}

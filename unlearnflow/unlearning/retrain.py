@@ -1,0 +1,32 @@
+"""retrain: the exact reference for one model: new weights (seeded), trained from
+scratch on the retain data and any corrected points with the training loop's
+optimiser (Adam, ``lr``, ``epochs``). Needs retain data. (For a SISA ensemble the exact
+path is the erase flow's, which retrains only the affected shards.)"""
+
+from dataclasses import replace
+
+import torch
+
+from unlearnflow.config import TrainConfig
+from unlearnflow.training import make_optimizer, train_epoch
+from unlearnflow.unlearning._base import Unlearner, concat, register_unlearner
+
+
+@register_unlearner
+class Retrain(Unlearner):
+    name = "retrain"
+    needs_retain = True
+    summary = "exact: new weights, trained on retain (+ corrected points) only"
+
+    def update(self, model, edit, retain, cfg):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            for module in model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        data = concat(retain, edit.replacement)
+        tcfg = replace(TrainConfig(), lr=cfg.lr, batch_size=cfg.batch_size, augment=False, seed=cfg.seed)
+        opt = make_optimizer(model, tcfg)
+        for epoch in range(cfg.epochs):
+            train_epoch(model, opt, data.x, data.y, tcfg, torch.Generator().manual_seed(cfg.seed + epoch))
+        return {"epochs": cfg.epochs}
