@@ -197,7 +197,7 @@ def cmd_forget(args) -> int:
     ws, request_id, _ = _file_request(args, "forget")
     if args.no_wait:
         return 0
-    return _run_erase_and_report(ws, args)
+    return _fast_path_then_exact(ws, args)
 
 
 def cmd_rectify(args) -> int:
@@ -206,7 +206,52 @@ def cmd_rectify(args) -> int:
         return 2
     if args.no_wait:
         return 0
+    return _fast_path_then_exact(ws, args)
+
+
+def _fast_path_then_exact(ws, args) -> int:
+    """With an approximate method (--method or unlearn.method): serve its version first,
+    then (unless --exact later) run the exact erasure that supersedes it."""
+    method = args.method or ws.load_params().unlearn.method
+    if method == "sisa":
+        return _run_erase_and_report(ws, args)
+    from flows.approximate import run_approximate
+
+    fast = run_approximate(str(ws.root), method, commit=not args.no_commit)
+    if args.json and args.exact == "later":
+        print(json.dumps(fast, indent=1, default=str))
+        return 0
+    if not args.json:
+        _print_approximate(fast)
+    if args.exact == "later":
+        print("exact erasure queued: the requests stay pending until `unlearnflow erase` (or the served flow) runs")
+        return 0
+    if args.json:
+        from flows.erase import run_erase
+
+        exact = run_erase(str(ws.root), commit=not args.no_commit)
+        print(json.dumps({"approximate": fast, "exact": exact}, indent=1, default=str))
+        return 0
+    print("\nnow the exact SISA erasure, which supersedes it:")
     return _run_erase_and_report(ws, args)
+
+
+def _print_approximate(fast: dict) -> None:
+    print()
+    if fast["status"] == "idle":
+        print(fast["message"])
+        return
+    a, m = fast["audit"], fast["mlflow"]
+    print(f"approximation {fast['approximation_id']} ({fast['method']}): {fast['erased_records']} record(s) erased, "
+          f"{fast['relabelled_records']} relabelled, in shard(s) {', '.join(str(s['shard']) for s in fast['shards'])} "
+          f"of v{fast['base_version']}; {sum(s['seconds'] for s in fast['shards']):.1f}s of unlearning, "
+          f"{fast['total_seconds']:.1f}s in all")
+    print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
+          + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
+          + f", test accuracy {a['after']['test_accuracy']:.4f}"
+          + f", {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}")
+    print(f"model version {m['version']} guarantee approximate "
+          f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); record {fast['record']}")
 
 
 def cmd_erase(args) -> int:
@@ -389,6 +434,9 @@ def cmd_lineage(args) -> int:
                   f"unmatched {t.get('erasure_unmatched') or 'none'}")
             print(f"    retrained shards {h['run_tags'].get('affected_shards', '-')} from slices "
                   f"{h['run_tags'].get('affected_slices', '-')}; previous version v{h['run_tags'].get('previous_version') or '-'}")
+        if t.get("guarantee") == "approximate":
+            print(f"    approximation {t.get('approximation_id')}: {t.get('unlearn_method')} on v{t.get('base_version')} "
+                  f"for requests {t.get('approximated_requests')}; exact erasure {t.get('exact_erasure')}")
         if t.get("promotion"):
             print(f"    {t['promotion']}")
         if t.get("purged"):
@@ -416,6 +464,12 @@ def cmd_status(args) -> int:
         info["dvc_status_clean"] = lineage.dvc_status_clean(ws.root)[0]
     mv = production_version(ws, params.tracking.registered_model)
     info["production"] = None if mv is None else {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, **mv.tags}
+    from tasks.approximate import approximated_requests
+
+    pending = [r.request.request_id for r in ws.pending_requests()]
+    approximated = approximated_requests(ws)
+    info["requests_pending_exact"] = pending
+    info["requests_only_approximately_forgotten"] = [r for r in pending if r in approximated]
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -432,6 +486,9 @@ def cmd_status(args) -> int:
         print(f"  train@{k}  model md5 {md5 or '-'}")
     if "dvc_status_clean" in info:
         print(f"dvc status   {'clean' if info['dvc_status_clean'] else 'changed: run `unlearnflow train` or `dvc repro`'}")
+    print(f"requests     {len(pending)} pending the exact erasure"
+          + (f", of which only approximately forgotten so far: {', '.join(info['requests_only_approximately_forgotten'])}"
+             if info["requests_only_approximately_forgotten"] else ""))
     return 0
 
 
@@ -474,6 +531,13 @@ def cmd_stage(args) -> int:
 # ---- parser ----------------------------------------------------------------------------
 
 
+def _add_method_args(sp) -> None:
+    sp.add_argument("--method", help="sisa (exact only) or an approximate method served first, then superseded "
+                    "by the exact erasure (default: unlearn.method; `unlearnflow methods` lists them)")
+    sp.add_argument("--exact", choices=("now", "later"), default="now",
+                    help="after an approximate method: run the exact erasure now (default) or leave it queued")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unlearnflow",
@@ -506,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--record", action="append", help="a record id (repeatable)")
     sp.add_argument("--file", action="append", help="a source file name, e.g. Away_image03.JPG (repeatable)")
     sp.add_argument("--no-wait", action="store_true", help="only file the request; a later erase runs it")
+    _add_method_args(sp)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -513,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--record", action="append", required=True, help="a record id (repeatable)")
     sp.add_argument("--label", required=True, help="the corrected label: a class name or index")
     sp.add_argument("--no-wait", action="store_true", help="only file the request")
+    _add_method_args(sp)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 

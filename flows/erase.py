@@ -20,6 +20,7 @@ from tasks import erasure, lineage as lineage_mod, pipeline, tracking
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
 from unlearnflow.audit.report import gate as audit_gate
+from unlearnflow.certificates import completed_requests
 from unlearnflow.preflight import check_names
 
 
@@ -119,6 +120,8 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     cert_path = erasure.write_certificate(root, body)  # from here on, these requests are done
     tracking.log_certificate(ws, tracked["run_id"], cert_path)
     tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
+    approximations_done = tracking.mark_superseded_approximations(  # fast-path versions these requests had
+        ws, params, tracked["version"], eid, completed_requests(ws.layout.certificates))
     cert_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow certificate {eid}") if commit else None
     decision = tracking.promote(ws, params, tracked["version"], metrics, blockers=audit_reasons)
     superseded, retained = [], []
@@ -140,6 +143,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "purged": purged,
         "superseded_purged": superseded,
         "superseded_retained": retained,
+        "approximations_superseded": approximations_done,
         "mlflow": {**tracked, **decision},
         "previous_version": prev_version,
         "certificate": cert_path,

@@ -81,7 +81,7 @@ def lineage_paths(root: Path) -> list[str]:
             ignore = (root / out["path"]).parent / ".gitignore"
             if ignore.is_file():
                 paths.add(ignore.relative_to(root).as_posix())
-    for extra in ("ledger/requests.jsonl", "lineage/certificates", "lineage/audits"):
+    for extra in ("ledger/requests.jsonl", "lineage/certificates", "lineage/audits", "lineage/approximations"):
         if (root / extra).exists():
             paths.add(extra)
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())

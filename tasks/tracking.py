@@ -105,17 +105,7 @@ def log_pipeline_run(
                 _log_constituent(layout, s, metrics, lock_outs, lineage)
         artifacts = {"ensemble": str(layout.ensemble)}
         artifacts.update({f"shard_{c['shard']}": str(layout.root / c["path"]) for c in ensemble["constituents"]})
-        with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name="ensemble",
-                python_model=str(PYFUNC_FILE),
-                artifacts=artifacts,
-                code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
-                pip_requirements=_pip_requirements(),
-                registered_model_name=params.tracking.registered_model,
-            )
-        version = str(info.registered_model_version)
+        version = _log_ensemble_model(params, artifacts)
         mlflow.log_dict(ensemble, "ensemble.json")
         mlflow.log_dict(metrics, "metrics/eval.json")
         run_id = parent.info.run_id
@@ -128,6 +118,71 @@ def log_pipeline_run(
     for key, value in version_tags.items():
         client.set_model_version_tag(params.tracking.registered_model, version, key, value)
     return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
+
+
+def _log_ensemble_model(params: Params, artifacts: dict) -> str:
+    """Log the aggregated model as a pyfunc and register it; returns the new version."""
+    with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="ensemble",
+            python_model=str(PYFUNC_FILE),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
+            pip_requirements=_pip_requirements(),
+            registered_model_name=params.tracking.registered_model,
+        )
+    return str(info.registered_model_version)
+
+
+def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str, base_version: str,
+                        approximated: dict, requests: list[dict], audit: dict, seconds: float) -> dict:
+    """Log a fast-path run and register its ensemble with guarantee ``approximate``."""
+    setup(ws, params.tracking.experiment)
+    method = params.unlearn.method
+    tags = {"guarantee": "approximate", "unlearn_method": method, "approximation_id": approximation_id,
+            "base_version": base_version, "approximated_requests": ",".join(r["request_id"] for r in requests),
+            "exact_erasure": "pending"}
+    with mlflow.start_run(run_name=f"approximate-{approximation_id}") as run:
+        mlflow.log_params(_flatten(params.to_dict()))
+        mlflow.set_tags({"unlearnflow.kind": "approximate", **tags,
+                         "affected_shards": ",".join(str(s["shard"]) for s in approximated["shards"]) or "none"})
+        mlflow.log_metrics({"ensemble_test_accuracy": audit["after"]["test_accuracy"],
+                            "approximate_seconds": seconds,
+                            "unlearn_seconds": sum(s["seconds"] for s in approximated["shards"]),
+                            **{f"audit_{k}": v for k, v in audit["after"].items() if v == v},
+                            **{f"audit_before_{k}": v for k, v in (audit["before"] or {}).items() if v == v}})
+        folder = Path(approximated["dir"])
+        artifacts = {"ensemble": str(folder / "ensemble.json")}
+        artifacts.update({f"shard_{c['shard']}": str(folder / c["path"])
+                          for c in approximated["ensemble"]["constituents"]})
+        version = _log_ensemble_model(params, artifacts)
+        mlflow.log_dict(approximated["ensemble"], "ensemble.json")
+        run_id = run.info.run_id
+    client = client_for(ws)
+    version_tags = {**tags, "kind": "approximate", "shards": str(len(approximated["ensemble"]["constituents"])),
+                    "ensemble_test_accuracy": f"{audit['after']['test_accuracy']:.4f}",
+                    "constituent_md5s": json.dumps({str(c["shard"]): c["md5"]
+                                                    for c in approximated["ensemble"]["constituents"]})}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(params.tracking.registered_model, version, key, value)
+    return {"run_id": run_id, "version": version}
+
+
+def mark_superseded_approximations(ws: Workspace, params: Params, exact_version: str, erasure_id: str,
+                                   certified: set[str]) -> list[str]:
+    """Tag approximate versions all of whose requests are now certified (``certified``):
+    the exact erasure ``erasure_id`` (version ``exact_version``) has done them."""
+    client = client_for(ws)
+    name = params.tracking.registered_model
+    done = []
+    for v in client.search_model_versions(f"name = '{name}'"):
+        v = client.get_model_version(name, v.version)
+        requests = set(filter(None, v.tags.get("approximated_requests", "").split(",")))
+        if v.tags.get("exact_erasure") == "pending" and requests <= certified:
+            client.set_model_version_tag(name, v.version, "exact_erasure", f"done: {erasure_id} (v{exact_version})")
+            done.append(str(v.version))
+    return done
 
 
 def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: dict) -> None:

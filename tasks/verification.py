@@ -55,6 +55,12 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     from tasks.tracking import production_version
 
     mv = production_version(ws, params.tracking.registered_model)
+    if mv is not None and mv.tags.get("guarantee") == "approximate":
+        # the fast path serves an approximate version: the exactness promises cannot hold yet
+        checks.append(Check("production carries the exact guarantee", False,
+                            f"v{mv.version} is approximate ({mv.tags.get('unlearn_method')}) for request(s) "
+                            f"{mv.tags.get('approximated_requests')}; run `unlearnflow erase` to certify them"))
+        mv = _latest_exact_version(ws, params.tracking.registered_model)
     registered = json.loads(mv.tags.get("constituent_md5s", "{}")) if mv else {}
     stored = _stored_model_md5s(ws, mv) if mv else {}
     problems = []
@@ -103,6 +109,19 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
                             f"shards {shards} retrained without checkpoints"
                             + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical")))
     return checks
+
+
+def _latest_exact_version(ws: Workspace, name: str):
+    """The newest registered version with guarantee exact (what the workspace's files are)."""
+    from tasks.tracking import client_for
+
+    client = client_for(ws)
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version), reverse=True)
+    for v in versions:
+        v = client.get_model_version(name, v.version)
+        if v.tags.get("guarantee", "exact") == "exact":
+            return v
+    return None
 
 
 def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:

@@ -183,3 +183,37 @@ def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
 def test_an_unknown_method_names_the_valid_ones():
     with pytest.raises(Exception, match="unknown unlearning method 'magic'; valid choices: 'amun', 'finetune'"):
         create_unlearner("magic")
+
+
+# --- the fast path's core: edits per shard, and the updated constituent -----------------
+
+def test_shard_edits_split_erasures_corrections_and_retain(tmp_path):
+    from conftest import make_records
+    from unlearnflow.approximate import approximate_constituent, shard_edits
+    from unlearnflow.config import PartitionConfig, TrainConfig
+    from unlearnflow.ensemble import constituent_bytes, load_constituent
+    from unlearnflow.partition import partition
+    from unlearnflow.training import ModelSpec, train_constituent
+
+    (manifest, images), = partition(make_records(60), PartitionConfig(shards=(0,), slices=2))
+    ids, labels = manifest.record_ids, manifest.labels
+    erased = {ids[0], ids[5]}
+    rectified = {ids[7]: (labels[7] + 1) % 4, ids[0]: 3, ids[9]: labels[9]}  # ids[0] is erased; ids[9] unchanged
+    erase, relabel, retain = shard_edits(manifest, images, erased, rectified)
+    assert erase.erases and len(erase.y) == 2 and erase.train_size == 60
+    assert relabel.y.tolist() == [labels[7]] and relabel.y_new.tolist() == [(labels[7] + 1) % 4]
+    assert len(retain) == 57  # every affected record left out of retain
+    assert shard_edits(manifest, images, set(), {})[:2] == (None, None)
+
+    spec = ModelSpec("mlp", (1, 8, 8), 4)
+    path = tmp_path / "shard_0.pt"
+    result = train_constituent(manifest, images, spec, TrainConfig(model="mlp", epochs=2))
+    path.write_bytes(constituent_bytes(spec, result.state_dict, result.slice_keys, 0))
+    cfg = UnlearnConfig(method="finetune", epochs=1)
+    assert approximate_constituent(path, manifest, images, set(), {}, cfg) is None
+    data, results = approximate_constituent(path, manifest, images, erased, rectified, cfg)
+    assert [r.method for r in results] == ["finetune", "finetune"]  # erase, then relabel
+    updated = tmp_path / "updated.pt"
+    updated.write_bytes(data)
+    model, meta = load_constituent(updated)
+    assert meta["slice_keys"] == result.slice_keys and data != path.read_bytes()

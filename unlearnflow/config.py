@@ -146,7 +146,7 @@ class UnlearnConfig:
 
     Only the fields a method reads matter to it; ``unlearnflow methods`` lists which."""
 
-    method: str = "influence_second_order"  # a name from unlearnflow.unlearning.UNLEARNERS
+    method: str = "sisa"  # sisa (exact only) or an approximate method for the fast path: `unlearnflow methods`
     lr: float = 0.01  # step size (first-order influence: the unlearning rate tau)
     epochs: int = 5  # passes over the method's fine-tuning data
     batch_size: int = 64

@@ -1,0 +1,107 @@
+"""The fast path: serve an approximately unlearned version within seconds of a request,
+then let the exact SISA erasure supersede it.
+
+    pending requests not yet approximated -> match them to records (in memory)
+    -> apply unlearn.method to the affected constituents of the production version
+    -> audit -> MLflow run + version tagged guarantee=approximate -> production (if the
+    audit gate passes) -> lineage/approximations/NNNN-<id>.json (git)
+
+Nothing in the data version changes here: the ledger, the prepared data, the shards
+and dvc.lock stay as they were, and no certificate is written. The requests stay
+pending until the erase flow (exact) runs, batches everything pending and certifies it;
+that version carries guarantee=exact and supersedes the approximate ones (whose model
+files are purged like every superseded version's).
+
+    unlearnflow forget --subject ID --method amun               # fast path, then the exact erasure
+    unlearnflow forget --subject ID --method amun --exact later # fast path only; exact stays queued
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from prefect import flow
+
+from tasks import approximate, erasure, lineage as lineage_mod, tracking
+from tasks.workspace import Workspace
+from unlearnflow.audit.report import gate as audit_gate
+from unlearnflow.errors import UnlearnflowError
+from unlearnflow.hashing import hash_json
+from unlearnflow.unlearning import UNLEARNERS
+
+
+@flow(name="unlearnflow-approximate")
+def approximate_flow(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
+    t0 = time.perf_counter()
+    ws = Workspace(workspace)
+    root = str(ws.root)
+    params = ws.load_params()
+    if method:
+        params = replace(params, unlearn=replace(params.unlearn, method=method))
+    name = params.tracking.registered_model
+    base = tracking.production_version(ws, name)
+    base_files = tracking.stored_constituents(ws, base)
+    if base_files is None:
+        raise UnlearnflowError("the fast path updates the production version's stored model files; "
+                               "there is no production version with stored files (train first)")
+    todo = approximate.resolve_pending(params, root)
+    if not todo["requests"]:
+        return {"status": "idle", "message": "no pending request that is not already approximated"}
+    aid = "a" + hash_json({"requests": [r["request_id"] for r in todo["requests"]], "base": str(base.version),
+                           "method": params.unlearn.method})[:12]
+
+    updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"])
+    audited = erasure.audit_version(params, root, todo["erased"], aid, base_files, updated["files"],
+                                    titles=(f"after {params.unlearn.method} ({aid})", f"before (v{base.version})"))
+    previous_acc = float(base.tags["ensemble_test_accuracy"]) if "ensemble_test_accuracy" in base.tags else None
+    audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
+    seconds = time.perf_counter() - t0
+    tracked = tracking.log_approximate_run(ws, params, approximation_id=aid, base_version=str(base.version),
+                                           approximated=updated, requests=todo["requests"], audit=audited,
+                                           seconds=seconds)
+    tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
+    decision = tracking.promote(ws, params, tracked["version"], {"ensemble_accuracy": audited["after"]["test_accuracy"]},
+                                blockers=audit_reasons)
+    record = approximate.write_record(root, {
+        "approximation_id": aid,
+        "guarantee": "approximate",
+        "method": params.unlearn.method,
+        "unlearn_params": params.to_dict()["unlearn"],
+        "requests": [r["request_id"] for r in todo["requests"]],
+        "records_erased": len(todo["erased"]),
+        "records_relabelled": len(todo["rectified"]),
+        "base_version": str(base.version),
+        "new_version": tracked["version"],
+        "promoted": decision["promoted"],
+        "constituents": {str(c["shard"]): c["md5"] for c in updated["ensemble"]["constituents"]},
+        "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],
+                                              "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"]}
+                            for s in updated["shards"]},
+        "audit": {"after": _clean(audited["after"]), "before": _clean(audited["before"] or {}),
+                  "passed": audit_ok, "failed_because": audit_reasons},
+        "exact_erasure": "pending: run `unlearnflow erase` (or the served erase flow) to certify these requests",
+        "created_at": erasure.now(),
+    })
+    git_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
+    tracking.log_artifact(ws, tracked["run_id"], record, "approximation")
+    return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
+            "requests": todo["requests"], "erased_records": len(todo["erased"]),
+            "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit":
+            {**audited, "passed": audit_ok, "failed_because": audit_reasons},
+            "mlflow": {**tracked, **decision}, "base_version": str(base.version), "record": record,
+            "git_commit": git_commit, "total_seconds": time.perf_counter() - t0}
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
+
+
+def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
+    ws = Workspace(workspace)
+    ws.check()
+    chosen = method or ws.load_params().unlearn.method
+    if chosen not in UNLEARNERS:
+        raise UnlearnflowError(f"unlearning method {chosen!r} is not an approximate method; valid choices: "
+                               f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
+    return approximate_flow(workspace=str(ws.root), method=method, commit=commit)

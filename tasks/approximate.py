@@ -1,0 +1,89 @@
+"""Prefect tasks of the fast path: which requests still need an approximate update,
+the update itself (on the production version's constituents), and its record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.workspace import Workspace
+from unlearnflow.approximate import approximate_constituent
+from unlearnflow.config import Params
+from unlearnflow.erasure import load_pseudonymized, resolve
+from unlearnflow.hashing import md5_file
+from unlearnflow.partition import read_shard
+
+RECORDS_DIR = "lineage/approximations"
+
+
+def approximation_records(ws: Workspace) -> list[dict]:
+    folder = ws.root / RECORDS_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def approximated_requests(ws: Workspace) -> set[str]:
+    return {rid for rec in approximation_records(ws) for rid in rec["requests"]}
+
+
+@task(name="resolve-for-approximation", cache_policy=NO_CACHE)
+def resolve_pending(params: Params, root: str) -> dict:
+    """Pending requests no approximate version has handled yet, matched to records in
+    memory (the ledger and the data stay as they are until the exact erase flow)."""
+    ws = Workspace(root)
+    done = approximated_requests(ws)
+    todo = [r for r in ws.pending_requests() if r.request.request_id not in done]
+    records = load_pseudonymized(params.data, ws.secret_key()) if todo else None
+    erased, rectified, report = set(), {}, []
+    for r in todo:
+        matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
+        report.append({"request_id": r.request.request_id, "kind": r.request.kind, "records": len(matched)})
+        if r.request.kind == "forget":
+            erased.update(matched)
+        else:
+            rectified.update({m: r.request.label for m in matched})
+    return {"requests": report, "erased": sorted(erased), "rectified": rectified}
+
+
+@task(name="approximate-constituents", cache_policy=NO_CACHE)
+def approximate_constituents(params: Params, root: str, base_files: dict, erased: list[str],
+                             rectified: dict[str, int]) -> dict:
+    """Copy the base version's constituents, applying ``params.unlearn.method`` to the
+    affected ones. Returns the new files (``stored_constituents`` shape) and per-shard results."""
+    ws = Workspace(root)
+    out = Path(tempfile.mkdtemp(prefix="unlearnflow-approx-"))
+    paths, shards = [], []
+    erased_set = set(erased)
+    for k, base in zip(params.partition.shards, base_files["paths"]):
+        manifest, images = read_shard(ws.layout.shard_manifest(k), ws.layout.shard_images(k))
+        target = out / f"shard_{k}.pt"
+        updated = approximate_constituent(base, manifest, images, erased_set, rectified, params.unlearn,
+                                          params.train.threads)
+        if updated is None:
+            shutil.copyfile(base, target)
+        else:
+            data, results = updated
+            target.write_bytes(data)
+            shards.append({"shard": k, "seconds": sum(r.seconds for r in results), "used_retain":
+                           any(r.used_retain for r in results), "details": [r.details for r in results],
+                           "previous_md5": md5_file(base), "model_md5": md5_file(target)})
+        paths.append(str(target))
+    ensemble = {"method": base_files["method"], "classes": base_files["classes"],
+                "constituents": [{"shard": k, "path": Path(p).name, "md5": md5_file(p)}
+                                 for k, p in zip(params.partition.shards, paths)]}
+    (out / "ensemble.json").write_text(json.dumps(ensemble, indent=1, sort_keys=True) + "\n")
+    return {"files": {"paths": paths, "method": base_files["method"], "classes": base_files["classes"]},
+            "dir": str(out), "ensemble": ensemble, "shards": shards}
+
+
+@task(name="write-approximation-record", cache_policy=NO_CACHE)
+def write_record(root: str, body: dict) -> str:
+    folder = Workspace(root).root / RECORDS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{len(list(folder.glob('*.json'))) + 1:04d}-{body['approximation_id']}.json"
+    path.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    return str(path)

@@ -1,0 +1,72 @@
+"""The fast path end to end on digits: an approximate version is served first, its
+lineage says so, `verify` refuses to call it exact, and the exact SISA erasure
+supersedes it (and purges its model files)."""
+
+import json
+
+import pytest
+
+from conftest import cli
+from tasks import lineage
+from tasks.tracking import client_for
+from test_pipeline_integration import make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(prefect_server, tmp_path, capsys):
+    from flows.cli import _demo_subject
+    from flows.train import run_train
+
+    ws = make_workspace(tmp_path / "fast")
+    run_train(str(ws.root))
+    subject = _demo_subject(ws, ws.load_params())
+    ledger_before = (ws.root / "ledger" / "requests.jsonl").read_text() if (ws.root / "ledger" / "requests.jsonl").exists() else ""
+    lock_before = (ws.root / "dvc.lock").read_text()
+    models_before = {p.name: p.read_bytes() for p in (ws.root / "models" / "shards").glob("*.pt")}
+    capsys.readouterr()
+
+    assert cli("forget", "-C", str(ws.root), "--subject", subject, "--method", "amun", "--exact", "later") == 0
+    out = capsys.readouterr().out
+    assert "guarantee approximate (production)" in out and "exact erasure queued" in out
+    client = client_for(ws)
+    prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    assert str(prod.version) == "2" and prod.tags["guarantee"] == "approximate" and prod.tags["unlearn_method"] == "amun"
+    assert prod.tags["exact_erasure"] == "pending"
+    records = sorted((ws.root / "lineage" / "approximations").glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    rid = prod.tags["approximated_requests"]
+    assert record["requests"] == [rid] and record["new_version"] == "2" and record["guarantee"] == "approximate"
+    assert len(record["affected_shards"]) == 1  # one synthetic subject lives in one shard
+    assert lineage.git(ws.root, "log", "--oneline", "--", records[0].relative_to(ws.root).as_posix()).stdout.strip()
+    # nothing in the data version moved: the exact erasure has not run
+    ledger_now = (ws.root / "ledger" / "requests.jsonl").read_text()
+    assert ledger_now.startswith(ledger_before) and '"event": "resolved"' not in ledger_now
+    assert (ws.root / "dvc.lock").read_text() == lock_before
+    assert {p.name: p.read_bytes() for p in (ws.root / "models" / "shards").glob("*.pt")} == models_before
+
+    assert cli("status", "-C", str(ws.root), "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["requests_only_approximately_forgotten"] == [rid]
+    assert cli("verify", "-C", str(ws.root)) == 1
+    assert "FAIL  production carries the exact guarantee: v2 is approximate (amun)" in capsys.readouterr().out
+
+    assert cli("erase", "-C", str(ws.root)) == 0  # the queued exact erasure
+    capsys.readouterr()
+    prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    assert str(prod.version) == "3" and prod.tags["guarantee"] == "exact"
+    approx = client.get_model_version("unlearnflow-sisa", "2")
+    assert approx.tags["exact_erasure"].startswith("done: e") and approx.tags.get("purged")
+    assert cli("verify", "-C", str(ws.root), "--retrain") == 0
+    assert cli("lineage", "-C", str(ws.root)) == 0
+    history = capsys.readouterr().out
+    assert "guarantee approximate" in history and "amun on v1" in history and "exact erasure done: e" in history
+    assert cli("status", "-C", str(ws.root), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["requests_only_approximately_forgotten"] == []
+
+
+def test_an_unknown_method_is_refused_after_filing_nothing_twice(prefect_server, tmp_path, capsys):
+    ws = make_workspace(tmp_path / "bad")
+    assert cli("forget", "-C", str(ws.root), "--subject", "s000", "--method", "magic") == 2
+    assert "'magic' is not an approximate method; valid choices: amun, finetune" in capsys.readouterr().err
