@@ -18,6 +18,7 @@ end-to-end minus all pipeline computation (Prefect, MLflow, DVC, git, Python sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -63,14 +64,9 @@ def init_workspace(path: Path, env, overrides: dict | None = None) -> None:
                         "bench params"], cwd=path, check=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "erasure"))
-    args = ap.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="unlearnflow-bench-"))
+@contextlib.contextmanager
+def prefect_server(tmp: Path):
+    """A real `prefect server start` in ``tmp``; yields the environment that points at it."""
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
@@ -89,10 +85,24 @@ def main() -> None:
                 time.sleep(0.5)
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         print(f"prefect server healthy after {time.perf_counter() - t0:.1f}s", flush=True)
-        results = bench(tmp, env, args)
+        yield env
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "erasure"))
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="unlearnflow-bench-"))
+    try:
+        with prefect_server(tmp) as env:
+            results = bench(tmp, env, args)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write(results, args)
 

@@ -125,6 +125,7 @@ def _file_request(args, kind: str):
     ws = Workspace(args.workspace)
     ws.check()
     params = ws.load_params()
+    _check_method(args.method or params.unlearn.method)  # before anything is filed
     label = None
     if kind == "rectify":
         classes = _classes(ws, params)
@@ -209,6 +210,15 @@ def cmd_rectify(args) -> int:
     return _fast_path_then_exact(ws, args)
 
 
+def _check_method(method: str) -> None:
+    from unlearnflow.errors import ConfigError
+    from unlearnflow.unlearning import UNLEARNERS
+
+    if method != "sisa" and method not in UNLEARNERS:
+        raise ConfigError(f"unlearning method {method!r} is unknown; valid choices: sisa (exact only), "
+                          f"{', '.join(UNLEARNERS.names())}")
+
+
 def _fast_path_then_exact(ws, args) -> int:
     """With an approximate method (--method or unlearn.method): serve its version first,
     then (unless --exact later) run the exact erasure that supersedes it."""
@@ -257,7 +267,10 @@ def _print_approximate(fast: dict) -> None:
 def cmd_erase(args) -> int:
     from tasks.workspace import Workspace
 
-    return _run_erase_and_report(Workspace(args.workspace), args)
+    ws = Workspace(args.workspace)
+    ws.check()
+    _check_method(args.method or ws.load_params().unlearn.method)
+    return _fast_path_then_exact(ws, args)
 
 
 def cmd_demo(args) -> int:
@@ -381,7 +394,8 @@ def cmd_audit(args) -> int:
 def cmd_methods(args) -> int:
     from unlearnflow.unlearning import UNLEARNERS
 
-    rows = []
+    rows = [{"method": "sisa", "retain_data": "-", "summary": "exact: the erase flow retrains the affected shards "
+             "from their last clean checkpoint (default)"}]
     for name in UNLEARNERS.names():
         cls = UNLEARNERS.get(name)
         retain = "needs" if cls.needs_retain else "optional" if cls.can_use_retain else "never"
@@ -584,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("erase", "carry out every pending request in the ledger as one batch", cmd_erase)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
+    _add_method_args(sp)
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     sp = add("demo", "the main job: train if needed, erase one subject, summarise", cmd_demo,

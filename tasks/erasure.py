@@ -4,6 +4,7 @@ version on the erased records, purge what still holds them, and write the certif
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tempfile
 from pathlib import Path
 
@@ -110,11 +111,15 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
     import logging
     import time
 
+    import numpy as np
+
+    from unlearnflow.aggregators import aggregate
     from unlearnflow.audit import Outputs
     from unlearnflow.audit.lira import train_references
     from unlearnflow.audit.report import audit, confidence_histogram
-    from unlearnflow.ensemble import Ensemble
+    from unlearnflow.hashing import md5_file
     from unlearnflow.records import RecordSet
+    from unlearnflow.training import predict_proba
 
     t0 = time.perf_counter()
     ws = Workspace(root)
@@ -132,20 +137,36 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
             params.aggregate.method, seed=params.train.seed, workers=params.runner.workers,
             progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
 
-    def outputs(ensemble) -> dict:
-        return {name: Outputs(ensemble.scores(rs.images, "softmax_mean"), rs.labels, rs.record_ids)
-                for name, rs in sets.items()}
+    scored: dict[tuple[str, str], np.ndarray] = {}  # (constituent md5, set) -> probabilities
+
+    def outputs(paths: list[str]) -> dict:
+        """Softmax-mean outputs of the ensemble of ``paths`` on every set. A constituent the
+        erasure did not touch is the same file before and after: it is scored once."""
+        out = {}
+        for name, rs in sets.items():
+            probs = []
+            for path in paths:
+                key = (md5_file(path), name)
+                if key not in scored:
+                    scored[key] = predict_proba(load_constituent(path)[0], rs.images)
+                probs.append(scored[key])
+            out[name] = Outputs(aggregate(np.stack(probs), "softmax_mean"), rs.labels, rs.record_ids)
+        return out
 
     def run_audit(out: dict) -> dict:
         return audit(out["forget"], out["train"], out["test"], out["holdout"], references)
 
-    after = outputs(Ensemble.from_files(current_files["paths"], current_files["method"], current_files["classes"])
-                    if current_files else load_ensemble(ws.layout))
+    if current_files:
+        current_paths = current_files["paths"]
+    else:
+        load_ensemble(ws.layout)  # checks the constituents' md5s against ensemble.json
+        spec = json.loads(ws.layout.ensemble.read_text())
+        current_paths = [str(ws.layout.root / c["path"]) for c in spec["constituents"]]
+    after = outputs(current_paths)
     report = run_audit(after)
     before, report_before = None, None
     if previous_files:
-        before = outputs(Ensemble.from_files(previous_files["paths"], previous_files["method"],
-                                             previous_files["classes"]))
+        before = outputs(previous_files["paths"])
         report_before = run_audit(before)
     titles = titles or (f"after erasure {eid}", "before")
     label = {"forget": "forget (erased)", "train": "retain", "test": "test"}

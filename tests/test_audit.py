@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from unlearnflow.audit import ATTACKS, Outputs, auc, create_attack, tpr_at_fpr
 from unlearnflow.audit.lira import References, membership_plan
-from unlearnflow.audit.report import avg_gap
+from unlearnflow.audit.report import audit, avg_gap
 
 
 def outputs_with_confidence(conf: np.ndarray, k: int = 10, ids=None) -> Outputs:
@@ -148,3 +148,15 @@ def test_outputs_accuracy_loss_and_confidence():
     assert out.accuracy() == pytest.approx(1 / 3)
     np.testing.assert_allclose(out.confidence, [0.9, 0.2, 0.4])
     np.testing.assert_allclose(out.loss, -np.log([0.9, 0.2, 0.4]))
+
+
+def test_a_diverged_model_fails_the_gate_instead_of_crashing_the_audit():
+    from unlearnflow.config import AuditConfig
+    from unlearnflow.audit.report import gate
+
+    ok = outputs_with_confidence(np.full(20, 0.9))
+    broken = Outputs(np.full((20, 10), np.nan), np.zeros(20, dtype=np.int64))
+    report = audit(broken, ok, ok, ok)
+    assert report["nonfinite_outputs"] == 20 and report["mia_efficacy"] != report["mia_efficacy"]
+    passed, reasons = gate(report, AuditConfig(), previous_test_accuracy=None)
+    assert not passed and "not finite for 20 records (diverged)" in reasons[0]

@@ -66,7 +66,10 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     assert json.loads(capsys.readouterr().out)["requests_only_approximately_forgotten"] == []
 
 
-def test_an_unknown_method_is_refused_after_filing_nothing_twice(prefect_server, tmp_path, capsys):
+def test_an_unknown_method_is_refused_before_the_request_is_filed(tmp_path, capsys):
     ws = make_workspace(tmp_path / "bad")
     assert cli("forget", "-C", str(ws.root), "--subject", "s000", "--method", "magic") == 2
-    assert "'magic' is not an approximate method; valid choices: amun, finetune" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unlearning method 'magic' is unknown; valid choices: sisa (exact only), amun, finetune" in err
+    assert not (ws.root / "ledger" / "requests.jsonl").exists() or \
+        not (ws.root / "ledger" / "requests.jsonl").read_text().strip()

@@ -22,6 +22,12 @@ def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs,
           references: References | None = None) -> dict:
     """Numbers for a model and a forget set (NaN where the forget set is empty). With
     ``references`` (LiRA reference models), also the LiRA attack, forget vs holdout."""
+    nonfinite = sum(int((~np.isfinite(o.probs)).any(axis=1).sum()) for o in (forget, retain, test, holdout))
+    if nonfinite:  # a diverged model (e.g. too large an unlearning rate): accuracies only
+        return {"forget_accuracy": forget.accuracy(), "retain_accuracy": retain.accuracy(),
+                "test_accuracy": test.accuracy(), "forget_records": int(len(forget.labels)),
+                "forget_vs_holdout_mia_auc": float("nan"), "mia_efficacy": float("nan"),
+                "nonfinite_outputs": nonfinite}
     report = {
         "forget_accuracy": forget.accuracy(),
         "retain_accuracy": retain.accuracy(),
@@ -53,6 +59,8 @@ def avg_gap(report: dict, reference: dict) -> float:
 def gate(report: dict, cfg: AuditConfig, previous_test_accuracy: float | None) -> tuple[bool, list[str]]:
     """Does this version pass the audit thresholds? Returns (passed, reasons it failed)."""
     reasons = []
+    if report.get("nonfinite_outputs"):
+        reasons.append(f"the model's outputs are not finite for {report['nonfinite_outputs']} records (diverged)")
     auc = report["forget_vs_holdout_mia_auc"]
     if cfg.max_forget_mia_auc is not None and auc == auc and auc > cfg.max_forget_mia_auc:
         reasons.append(f"forget-vs-holdout MIA AUC {auc:.3f} > audit.max_forget_mia_auc {cfg.max_forget_mia_auc}")

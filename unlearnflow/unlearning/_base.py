@@ -98,9 +98,11 @@ def concat(*parts: Data | None) -> Data:
     return Data(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, weights: torch.Tensor | None = None) -> int:
-    """``cfg.epochs`` of SGD (momentum 0.9) on cross-entropy times ``sign`` (-1: ascent).
-    Returns the number of steps."""
+def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, retain: Data | None = None) -> int:
+    """``cfg.epochs`` passes of SGD (momentum 0.9) over ``data`` on cross-entropy times
+    ``sign`` (-1: ascent). With ``retain``, each batch is joined by as many retain records
+    drawn at random (their loss always descends), so the cost follows ``data``, not the
+    retain set. Returns the number of steps."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     g = torch.Generator().manual_seed(cfg.seed)
     steps = 0
@@ -111,6 +113,9 @@ def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, wei
             idx = order[start:start + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
             loss = sign * F.cross_entropy(model(data.x[idx]), data.y[idx])
+            if retain is not None and len(retain):
+                r = torch.randint(len(retain), (len(idx),), generator=g)
+                loss = loss + F.cross_entropy(model(retain.x[r]), retain.y[r])
             loss.backward()
             opt.step()
             steps += 1

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from unlearnflow.unlearning._base import Data, Unlearner, concat, register_unlearner
+from unlearnflow.unlearning._base import Data, Unlearner, concat, fit, register_unlearner
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -84,21 +84,6 @@ class AMUN(Unlearner):
                                                   cfg.eps_doublings)
         search = time.perf_counter() - t0
         data = concat(edit.forget, Data(adv, adv_label), edit.replacement)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
-        g = torch.Generator().manual_seed(cfg.seed)
-        steps = 0
-        model.train()
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(data), generator=g)
-            for start in range(0, len(data), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                xb, yb = data.x[idx], data.y[idx]
-                if retain is not None:
-                    r = torch.randint(len(retain), (len(idx),), generator=g)
-                    xb, yb = torch.cat([xb, retain.x[r]]), torch.cat([yb, retain.y[r]])
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), yb).backward()
-                opt.step()
-                steps += 1
+        steps = fit(model, data, cfg, retain=retain)
         return {"steps": steps, "adversarial_search_seconds": search, "median_eps": float(eps.median()),
                 "flipped": float((adv_label != edit.y).float().mean())}

@@ -1,5 +1,5 @@
-"""random_label: fine-tune on the forget set relabelled with random wrong classes
-(plus corrected points, plus retain data when allowed)."""
+"""random_label: fine-tune on the forget set relabelled with random wrong classes (plus
+corrected points); with retain data, each batch is joined by as many retain records."""
 
 import torch
 
@@ -16,4 +16,4 @@ class RandomLabel(Unlearner):
             k = model(edit.x[:1]).shape[1]
         g = torch.Generator().manual_seed(cfg.seed)
         wrong = (edit.y + torch.randint(1, k, edit.y.shape, generator=g)) % k
-        return {"steps": fit(model, concat(Data(edit.x, wrong), edit.replacement, retain), cfg)}
+        return {"steps": fit(model, concat(Data(edit.x, wrong), edit.replacement), cfg, retain=retain)}
