@@ -18,8 +18,10 @@ files are purged like every superseded version's).
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from prefect import flow
 
@@ -85,6 +87,9 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
     })
     git_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
     tracking.log_artifact(ws, tracked["run_id"], record, "approximation")
+    for scratch in (updated["dir"], str(Path(audited["histogram"]).parent)):  # now stored in MLflow
+        shutil.rmtree(scratch, ignore_errors=True)
+    audited["histogram"] = f"MLflow run {tracked['run_id']}, artifact audit/{Path(audited['histogram']).name}"
     return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
             "requests": todo["requests"], "erased_records": len(todo["erased"]),
             "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit":
