@@ -26,6 +26,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks import approximate, erasure, lineage as lineage_mod, tracking
+from flows.erase import nan_to_none
 from tasks.workspace import Workspace
 from unlearnflow.audit.report import gate as audit_gate
 from unlearnflow.errors import UnlearnflowError
@@ -80,7 +81,7 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
         "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],
                                               "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"]}
                             for s in updated["shards"]},
-        "audit": {"after": _clean(audited["after"]), "before": _clean(audited["before"] or {}),
+        "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
                   "passed": audit_ok, "failed_because": audit_reasons},
         "exact_erasure": "pending: run `unlearnflow erase` (or the served erase flow) to certify these requests",
         "created_at": erasure.now(),
@@ -96,10 +97,6 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
             {**audited, "passed": audit_ok, "failed_because": audit_reasons},
             "mlflow": {**tracked, **decision}, "base_version": str(base.version), "record": record,
             "git_commit": git_commit, "total_seconds": time.perf_counter() - t0}
-
-
-def _clean(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
 def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:

@@ -24,7 +24,8 @@ from unlearnflow.certificates import completed_requests
 from unlearnflow.preflight import check_names
 
 
-def _nan_to_none(d: dict) -> dict:
+def nan_to_none(d: dict) -> dict:
+    """NaN metrics as None, for JSON records (certificates, approximation records)."""
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
@@ -110,9 +111,9 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "previous_version": prev_version,
         "new_version": tracked["version"],
         "registered_model": params.tracking.registered_model,
-        "metrics": {"test_accuracy": metrics["ensemble_accuracy"], **_nan_to_none(forgotten)},
+        "metrics": {"test_accuracy": metrics["ensemble_accuracy"], **nan_to_none(forgotten)},
         "purged": {**purged, "dvc_cache": "gc --workspace"},
-        "audit": {"after": _nan_to_none(audited["after"]), "before": _nan_to_none(audited["before"] or {}),
+        "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
                   "passed": audit_ok, "failed_because": audit_reasons},
         "superseded_versions": ("kept: " + params.retention.reason) if params.retention.keep_superseded
         else "model files deleted once this version is in production",

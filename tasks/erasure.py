@@ -138,6 +138,12 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
             progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
 
     scored: dict[tuple[str, str], np.ndarray] = {}  # (constituent md5, set) -> probabilities
+    digests: dict[str, str] = {}  # path -> md5, hashed once
+
+    def md5(path: str) -> str:
+        if path not in digests:
+            digests[path] = md5_file(path)
+        return digests[path]
 
     def outputs(paths: list[str]) -> dict:
         """Softmax-mean outputs of the ensemble of ``paths`` on every set. A constituent the
@@ -146,7 +152,7 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
         for name, rs in sets.items():
             probs = []
             for path in paths:
-                key = (md5_file(path), name)
+                key = (md5(path), name)
                 if key not in scored:
                     scored[key] = predict_proba(load_constituent(path)[0], rs.images)
                 probs.append(scored[key])
