@@ -47,8 +47,8 @@ MONOLITHIC = PartitionConfig(shards=(0,), slices=1)
 LRS = (0.1, 0.05, 0.01, 0.001)  # the grid the AMUN anchor used
 GRIDS = {  # method -> list of UnlearnConfig overrides tried
     "finetune": [{"lr": lr} for lr in LRS],
-    "gradient_ascent": [{"lr": lr} for lr in LRS],
-    "random_label": [{"lr": lr} for lr in LRS],
+    "gradient_ascent": [{"lr": lr} for lr in LRS + (1e-4, 1e-5)],  # every AMUN-grid rate diverged: go lower
+    "random_label": [{"lr": lr} for lr in LRS + (1e-4, 1e-5)],
     "amun": [{"lr": lr} for lr in LRS],
     "influence_first_order": [{"lr": t} for t in (1e-3, 1e-4, 1e-5, 1e-6)],
     "influence_second_order": [{"damping": d} for d in (0.01, 0.1, 1.0)],

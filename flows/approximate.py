@@ -3,8 +3,13 @@ then let the exact SISA erasure supersede it.
 
     pending requests not yet approximated -> match them to records (in memory)
     -> apply unlearn.method to the affected constituents of the production version
-    -> audit -> MLflow run + version tagged guarantee=approximate -> production (if the
-    audit gate passes) -> lineage/approximations/NNNN-<id>.json (git)
+    -> audit the update -> MLflow run + version tagged guarantee=approximate -> production
+    (if the audit gate passes)                                        <- served here
+    -> audit beside the version it replaced + histogram -> lineage/approximations/NNNN-<id>.json (git)
+
+The model is served as soon as the gate has passed and MLflow holds the version with its
+guarantee and requests; the comparison with the replaced version and the git record follow
+(``seconds`` in the result and the record: when each phase ended).
 
 Nothing in the data version changes here: the ledger, the prepared data, the shards
 and dvc.lock stay as they were, and no certificate is written. The requests stay
@@ -37,6 +42,11 @@ from unlearnflow.unlearning import UNLEARNERS
 @flow(name="unlearnflow-approximate")
 def approximate_flow(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
     t0 = time.perf_counter()
+    clock = {}  # phase -> seconds since the flow started
+
+    def lap(phase: str) -> None:
+        clock[phase] = round(time.perf_counter() - t0, 2)
+
     ws = Workspace(workspace)
     root = str(ws.root)
     params = ws.load_params()
@@ -53,19 +63,30 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
         return {"status": "idle", "message": "no pending request that is not already approximated"}
     aid = "a" + hash_json({"requests": [r["request_id"] for r in todo["requests"]], "base": str(base.version),
                            "method": params.unlearn.method})[:12]
+    lap("resolved")
 
+    # The critical path: update, audit the update (the gate needs it), register, serve.
     updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"])
+    lap("unlearned")
+    gated = erasure.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
+    previous_acc = float(base.tags["ensemble_test_accuracy"]) if "ensemble_test_accuracy" in base.tags else None
+    audit_ok, audit_reasons = audit_gate(gated["after"], params.audit, previous_acc)
+    lap("audited")
+    tracked = tracking.log_approximate_run(ws, params, approximation_id=aid, base_version=str(base.version),
+                                           approximated=updated, requests=todo["requests"], audit=gated,
+                                           seconds=time.perf_counter() - t0)
+    lap("registered")
+    decision = tracking.promote(ws, params, tracked["version"], {"ensemble_accuracy": gated["after"]["test_accuracy"]},
+                                blockers=audit_reasons)
+    served_at = time.time()
+    lap("served" if decision["promoted"] else "held_back")
+
+    # Then the record: the audit beside the version it replaced, its histogram, the git record.
     audited = erasure.audit_version(params, root, todo["erased"], aid, base_files, updated["files"],
                                     titles=(f"after {params.unlearn.method} ({aid})", f"before (v{base.version})"))
-    previous_acc = float(base.tags["ensemble_test_accuracy"]) if "ensemble_test_accuracy" in base.tags else None
-    audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
-    seconds = time.perf_counter() - t0
-    tracked = tracking.log_approximate_run(ws, params, approximation_id=aid, base_version=str(base.version),
-                                           approximated=updated, requests=todo["requests"], audit=audited,
-                                           seconds=seconds)
+    tracking.log_metrics(ws, tracked["run_id"], {**{f"audit_before_{k}": v for k, v in audited["before"].items()},
+                                                 **{f"{phase}_after_seconds": t for phase, t in clock.items()}})
     tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
-    decision = tracking.promote(ws, params, tracked["version"], {"ensemble_accuracy": audited["after"]["test_accuracy"]},
-                                blockers=audit_reasons)
     record = approximate.write_record(root, {
         "approximation_id": aid,
         "guarantee": "approximate",
@@ -85,18 +106,21 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
                   "passed": audit_ok, "failed_because": audit_reasons},
         "exact_erasure": "pending: run `unlearnflow erase` (or the served erase flow) to certify these requests",
         "created_at": erasure.now(),
+        "seconds": clock,
     })
     git_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
     tracking.log_artifact(ws, tracked["run_id"], record, "approximation")
     for scratch in (updated["dir"], str(Path(audited["histogram"]).parent)):  # now stored in MLflow
         shutil.rmtree(scratch, ignore_errors=True)
     audited["histogram"] = f"MLflow run {tracked['run_id']}, artifact audit/{Path(audited['histogram']).name}"
+    lap("recorded")
     return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
             "requests": todo["requests"], "erased_records": len(todo["erased"]),
             "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit":
             {**audited, "passed": audit_ok, "failed_because": audit_reasons},
             "mlflow": {**tracked, **decision}, "base_version": str(base.version), "record": record,
-            "git_commit": git_commit, "total_seconds": time.perf_counter() - t0}
+            "git_commit": git_commit, "served_at": served_at if decision["promoted"] else None,
+            "seconds": clock, "total_seconds": time.perf_counter() - t0}
 
 
 def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:

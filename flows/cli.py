@@ -3,7 +3,7 @@
     unlearnflow init DIR        create a git + DVC workspace (params.yaml, dvc.yaml)
     unlearnflow train           run the Prefect training flow in the workspace
     unlearnflow forget ...      file an erasure request and carry it out (rectify: correct a label)
-    unlearnflow serve           run the erase flow on erasure events (Prefect deployment + trigger)
+    unlearnflow serve           run the request flow on erasure events (Prefect deployment + trigger)
     unlearnflow status          production model, shards and data version
     unlearnflow ui              start the MLflow UI on the workspace's store
     unlearnflow stage NAME      one pipeline stage (what dvc.yaml's commands call)
@@ -605,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
              workspace="demo", workspace_help="./demo, created on first use")
     sp.add_argument("--subject", help="subject to forget (default: the first synthetic subject still in training)")
 
-    add("serve", "run the erase flow whenever the event 'unlearnflow.erasure.requested' arrives "
+    add("serve", "run the erase flow (after the fast path, if unlearn.method is approximate) whenever the "
+        "event 'unlearnflow.erasure.requested' arrives "
         "(needs `prefect server start` and PREFECT_API_URL)", cmd_serve)
 
     sp = add("audit", "audit a model version against every record erased so far (a Prefect flow)", cmd_audit)

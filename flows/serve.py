@@ -1,4 +1,7 @@
-"""Serve the erase flow as a Prefect deployment woken by erasure events.
+"""Serve the request flow as a Prefect deployment woken by erasure events: with
+``unlearn.method: sisa`` it is the exact erase flow; with an approximate method, the
+fast path first (its version served within seconds), then the exact erasure that
+supersedes it.
 
     prefect server start                                  # in one terminal
     export PREFECT_API_URL=http://127.0.0.1:4200/api
@@ -14,7 +17,11 @@ from __future__ import annotations
 
 import os
 
+from prefect import flow
+
+from flows.approximate import approximate_flow
 from flows.erase import erase_flow
+from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
 from unlearnflow.errors import UnlearnflowError
 
@@ -23,6 +30,16 @@ EVENT = "unlearnflow.erasure.requested"
 
 class NoPrefectServer(UnlearnflowError):
     pass
+
+
+@flow(name="unlearnflow-requests")
+def requests_flow(workspace: str = ".") -> dict:
+    """Every pending request: the fast path first when ``unlearn.method`` is an approximate
+    method, then the exact erasure (which batches whatever else is pending by then)."""
+    params = Workspace(workspace).load_params()
+    fast = approximate_flow(workspace=workspace) if params.unlearn.method != "sisa" else None
+    exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=workspace)
+    return {"approximate": fast, "exact": exact}
 
 
 def serve(workspace: str = ".", name: str = "erase-on-request", announce=print) -> None:
@@ -40,7 +57,9 @@ def serve(workspace: str = ".", name: str = "erase-on-request", announce=print) 
         expect={EVENT},
         parameters={"workspace": str(ws.root)},  # fixed: the event carries no personal data
     )
-    announce(f"serving the erase flow for {ws.root} on event '{EVENT}' (Ctrl-C to stop)")
+    method = ws.load_params().unlearn.method
+    announce(f"serving the erase flow for {ws.root} on event '{EVENT}'"
+             + (f", after the fast path ({method})" if method != "sisa" else "") + " (Ctrl-C to stop)")
     # limit=1: erase runs on one workspace never overlap (DVC and git need one writer); a run
     # woken while another works finds the ledger already handled and returns "idle".
-    erase_flow.serve(name=name, triggers=[trigger], limit=1)
+    requests_flow.serve(name=name, triggers=[trigger], limit=1)

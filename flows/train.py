@@ -29,6 +29,7 @@ def train_flow(workspace: str = ".", commit: bool = True) -> dict:
     shards = [f.result() for f in futures]
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
     metrics = pipeline.evaluate(root)
+    pipeline.score_for_audits(params.partition, root, params.runner.workers)
     train_seconds = time.perf_counter() - t0
     lineage = pipeline.record_lineage(
         root, commit, f"unlearnflow train: {len(shards)} constituents, test accuracy {metrics['ensemble_accuracy']:.4f}"

@@ -14,9 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks.workspace import Workspace
 from unlearnflow.approximate import approximate_constituent
 from unlearnflow.config import Params
-from unlearnflow.erasure import load_pseudonymized, resolve
+from unlearnflow.erasure import resolve
 from unlearnflow.hashing import md5_file
 from unlearnflow.partition import read_shard
+from unlearnflow.records import SPLITS, RecordSet
+from unlearnflow.stages import load_split
 
 RECORDS_DIR = "lineage/approximations"
 
@@ -32,12 +34,13 @@ def approximated_requests(ws: Workspace) -> set[str]:
 
 @task(name="resolve-for-approximation", cache_policy=NO_CACHE)
 def resolve_pending(params: Params, root: str) -> dict:
-    """Pending requests no approximate version has handled yet, matched to records in
-    memory (the ledger and the data stay as they are until the exact erase flow)."""
+    """Pending requests no approximate version has handled yet, matched in memory to the
+    records of the workspace's data version (what the served constituents were trained and
+    evaluated on); the ledger and the data stay as they are until the exact erase flow."""
     ws = Workspace(root)
     done = approximated_requests(ws)
     todo = [r for r in ws.pending_requests() if r.request.request_id not in done]
-    records = load_pseudonymized(params.data, ws.secret_key()) if todo else None
+    records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS]) if todo else None
     erased, rectified, report = set(), {}, []
     for r in todo:
         matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())

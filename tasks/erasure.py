@@ -17,7 +17,9 @@ from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
-from unlearnflow.hashing import hash_json
+from unlearnflow.hashing import hash_json, md5_file
+from unlearnflow.records import RecordSet
+from unlearnflow.scoring import OutputCache, records_digest
 from unlearnflow.stages import load_ensemble, load_split
 
 
@@ -28,8 +30,6 @@ def now() -> str:
 @task(name="snapshot", cache_policy=NO_CACHE)
 def snapshot(partition_cfg: PartitionConfig, root: str) -> dict:
     """The serving state before the erasure: slice keys and md5 of each constituent."""
-    from unlearnflow.hashing import md5_file
-
     layout = Workspace(root).layout
     out = {}
     for k in partition_cfg.shards:
@@ -70,8 +70,9 @@ def resolve_requests(cfg: DataConfig, root: str) -> dict:
 
 @task(name="purge-workspace", cache_policy=NO_CACHE)
 def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
-    """Delete slice checkpoints no current constituent uses (all that saw erased records)
-    and, for image folders, the erased image files themselves."""
+    """Delete slice checkpoints no current constituent uses (all that saw erased records),
+    for image folders the erased image files themselves, and cached outputs of models or
+    record sets no longer current."""
     ws = Workspace(root)
     layout = ws.layout
     keep = set()
@@ -87,7 +88,10 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
             if folder in path.parents and path.is_file():
                 path.unlink()
                 deleted_files.append(rel)
-    return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files}
+    pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or old splits
+        {md5_file(layout.model(k)) for k in partition_cfg.shards},
+        {records_digest(load_split(layout, split)) for split in ("train", "test", "holdout")})
+    return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files, "cached_outputs_deleted": pruned}
 
 
 @task(name="write-certificate", cache_policy=NO_CACHE)
@@ -101,10 +105,12 @@ def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
 
 @task(name="audit", cache_policy=NO_CACHE)
 def audit_version(params: Params, root: str, erased: list[str], eid: str, previous_files: dict | None,
-                  current_files: dict | None = None, titles: tuple[str, str] | None = None) -> dict:
+                  current_files: dict | None = None, titles: tuple[str, str] | None = None,
+                  histogram: bool = True) -> dict:
     """Audit the new ensemble (the workspace's, or ``current_files``) and, if its files are
     still stored, the previous one (or a reference version), on the erased records; draw
-    their confidence beside retain and test records, one panel each, titled ``titles``.
+    their confidence beside retain and test records, one panel each, titled ``titles``
+    (unless ``histogram`` is False).
     ``forgotten``: the erased records' mean loss and confidence beside the holdout
     records' (from the same outputs). With ``audit.lira_references`` = K > 0, K reference
     ensembles are trained first (held in memory only, never stored)."""
@@ -117,16 +123,11 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
     from unlearnflow.audit import Outputs
     from unlearnflow.audit.lira import train_references
     from unlearnflow.audit.report import audit, confidence_histogram
-    from unlearnflow.hashing import md5_file
-    from unlearnflow.records import RecordSet
-    from unlearnflow.training import predict_proba
 
     t0 = time.perf_counter()
     ws = Workspace(root)
-    records = load_pseudonymized(params.data, ws.secret_key())
-    wanted = set(erased)
-    sets = {"forget": records.take([i for i, r in enumerate(records.record_ids) if r in wanted]),
-            **{name: load_split(ws.layout, name) for name in ("train", "test", "holdout")}}
+    sets = {name: load_split(ws.layout, name) for name in ("train", "test", "holdout")}
+    sets = {"forget": forget_records(params.data, ws, sets, erased), **sets}
     references, k = None, params.audit.lira_references
     if k and len(sets["forget"]):
         log = logging.getLogger("unlearnflow")
@@ -137,27 +138,15 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
             params.aggregate.method, seed=params.train.seed, workers=params.runner.workers,
             progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
 
-    scored: dict[tuple[str, str], np.ndarray] = {}  # (constituent md5, set) -> probabilities
-    digests: dict[str, str] = {}  # path -> md5, hashed once
-
-    def md5(path: str) -> str:
-        if path not in digests:
-            digests[path] = md5_file(path)
-        return digests[path]
+    cache = OutputCache(ws.layout.outputs_cache)  # a constituent both versions share is scored once
 
     def outputs(paths: list[str]) -> dict:
-        """Softmax-mean outputs of the ensemble of ``paths`` on every set. A constituent the
-        erasure did not touch is the same file before and after: it is scored once."""
-        out = {}
-        for name, rs in sets.items():
-            probs = []
-            for path in paths:
-                key = (md5(path), name)
-                if key not in scored:
-                    scored[key] = predict_proba(load_constituent(path)[0], rs.images)
-                probs.append(scored[key])
-            out[name] = Outputs(aggregate(np.stack(probs), "softmax_mean"), rs.labels, rs.record_ids)
-        return out
+        """Softmax-mean outputs of the ensemble of ``paths`` on every set (the forget
+        set's are kept in memory only)."""
+        return {name: Outputs(aggregate(np.stack(cache.probabilities(
+                    paths, rs, workers=params.runner.workers, persist=name != "forget")), "softmax_mean"),
+                    rs.labels, rs.record_ids)
+                for name, rs in sets.items()}
 
     def run_audit(out: dict) -> dict:
         return audit(out["forget"], out["train"], out["test"], out["holdout"], references)
@@ -174,16 +163,31 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
     if previous_files:
         before = outputs(previous_files["paths"])
         report_before = run_audit(before)
-    titles = titles or (f"after erasure {eid}", "before")
-    label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
-    panels = {titles[0]: {label[k]: v for k, v in after.items() if k in label}}
-    if before:
-        panels[titles[1]] = {label[k]: v for k, v in before.items() if k in label}
-    png = confidence_histogram(
-        ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
-        else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)
+    png = None
+    if histogram:
+        titles = titles or (f"after erasure {eid}", "before")
+        label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
+        panels = {titles[0]: {label[k]: v for k, v in after.items() if k in label}}
+        if before:
+            panels[titles[1]] = {label[k]: v for k, v in before.items() if k in label}
+        png = confidence_histogram(
+            ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
+            else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)
     forget, holdout = after["forget"], after["holdout"]
-    return {"after": report, "before": report_before, "histogram": str(png),
+    return {"after": report, "before": report_before, "histogram": str(png) if png else None,
             "forgotten": erased_record_metrics(forget.probs, forget.labels, holdout.probs, holdout.labels),
             "lira_reference_seconds": round(references.seconds, 2) if references else None,
+            "outputs_scored": cache.computed, "outputs_reused": cache.reused,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def forget_records(cfg: DataConfig, ws: Workspace, splits: dict, erased: list[str]):
+    """The erased records: from the workspace's splits while they still hold them all
+    (the fast path, before the exact erasure), else from the dataset itself."""
+    wanted = set(erased)
+    every = RecordSet.concat(list(splits.values()))
+    index = [i for i, r in enumerate(every.record_ids) if r in wanted]
+    if len(index) < len(wanted):
+        every = load_pseudonymized(cfg, ws.secret_key())
+        index = [i for i, r in enumerate(every.record_ids) if r in wanted]
+    return every.take(index)

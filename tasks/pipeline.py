@@ -39,6 +39,20 @@ def evaluate(root: str) -> dict:
     return stages.evaluate_stage(Layout(root))
 
 
+@task(name="score-for-audits", cache_policy=NO_CACHE)
+def score_for_audits(partition_cfg: PartitionConfig, root: str, workers: int) -> dict:
+    """Score the new constituents on the splits once, into the workspace's output cache,
+    so the first erasure's audit (and the fast path's) only scores what it changes."""
+    from unlearnflow.scoring import OutputCache
+
+    layout = Layout(root)
+    cache = OutputCache(layout.outputs_cache)
+    paths = [str(layout.model(k)) for k in partition_cfg.shards]
+    for split in ("train", "test", "holdout"):
+        cache.probabilities(paths, stages.load_split(layout, split), workers=workers)
+    return {"scored": cache.computed, "reused": cache.reused}
+
+
 @task(name="record-lineage", cache_policy=NO_CACHE)
 def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> dict:
     """dvc commit (hashes into dvc.lock + cache), then git commit of the lineage files.

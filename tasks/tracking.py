@@ -359,5 +359,13 @@ def stored_constituents(ws: Workspace, mv) -> dict | None:
     return {"paths": paths, "method": spec["method"], "classes": spec["classes"]}
 
 
+def log_metrics(ws: Workspace, run_id: str, metrics: dict) -> None:
+    """Add metrics to a finished run (NaN ones are left out)."""
+    client = client_for(ws)
+    for key, value in metrics.items():
+        if value == value:
+            client.log_metric(run_id, key, value)
+
+
 def log_artifact(ws: Workspace, run_id: str, path: str, folder: str) -> None:
     client_for(ws).log_artifact(run_id, path, folder)

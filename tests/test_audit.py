@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from unlearnflow.audit import ATTACKS, Outputs, auc, create_attack, tpr_at_fpr
+from unlearnflow.audit._base import average_ranks
 from unlearnflow.audit.lira import References, membership_plan
 from unlearnflow.audit.report import audit, avg_gap
 
@@ -38,6 +39,15 @@ def test_auc_agrees_with_scikit_learn_including_ties():
     m, n = rng.normal(0.3, 1, 300).round(1), rng.normal(0, 1, 200).round(1)  # rounding makes ties
     expected = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[m, n])
     assert auc(m, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_average_ranks_agree_with_scipy_including_ties():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        x = rng.integers(0, rng.integers(1, 12), size=rng.integers(1, 60)).astype(float)
+        assert np.array_equal(average_ranks(x), rankdata(x)), x
 
 
 def test_a_random_split_of_one_population_gives_auc_near_one_half():

@@ -9,6 +9,7 @@ import pytest
 from conftest import cli
 from tasks import lineage
 from tasks.tracking import client_for
+from unlearnflow.hashing import md5_file
 from test_pipeline_integration import make_workspace
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,13 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     rid = prod.tags["approximated_requests"]
     assert record["requests"] == [rid] and record["new_version"] == "2" and record["guarantee"] == "approximate"
     assert len(record["affected_shards"]) == 1  # one synthetic subject lives in one shard
+    phases = record["seconds"]  # served before the comparison audit, histogram and git record
+    order = ["resolved", "unlearned", "audited", "registered", "served"]  # seconds since the flow started
+    assert sorted(phases) == sorted(order) and [phases[p] for p in order] == sorted(phases.values())
+    run = client.get_run(client.get_model_version("unlearnflow-sisa", "2").run_id)
+    assert run.data.metrics["served_after_seconds"] == phases["served"]
+    assert "audit_before_forget_vs_holdout_mia_auc" in run.data.metrics  # logged once served
+    assert record["audit"]["before"]["forget_records"] == record["audit"]["after"]["forget_records"] > 0
     assert lineage.git(ws.root, "log", "--oneline", "--", records[0].relative_to(ws.root).as_posix()).stdout.strip()
     # nothing in the data version moved: the exact erasure has not run
     ledger_now = (ws.root / "ledger" / "requests.jsonl").read_text()
@@ -52,8 +60,14 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     assert cli("verify", "-C", str(ws.root)) == 1
     assert "FAIL  production carries the exact guarantee: v2 is approximate (amun)" in capsys.readouterr().out
 
+    cached = ws.layout.outputs_cache  # the audits' outputs: training warmed it, the fast path added its own
+    assert len(list(cached.glob("*.npy"))) == 3 * (3 + 1)  # 3 splits x (3 constituents + 1 approximated)
+
     assert cli("erase", "-C", str(ws.root)) == 0  # the queued exact erasure
     capsys.readouterr()
+    current = {md5_file(p) for p in (ws.root / "models" / "shards").glob("*.pt")}
+    left = list(cached.glob("*.npy"))  # pruned to the current constituents on the current splits
+    assert left and {f.name.split("-")[0] for f in left} <= current and len(left) == 3 * len(current)
     prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
     assert str(prod.version) == "3" and prod.tags["guarantee"] == "exact"
     approx = client.get_model_version("unlearnflow-sisa", "2")

@@ -1,6 +1,7 @@
 """Event trigger against a real Prefect server: `prefect server start` (started and
 stopped here), `unlearnflow serve` in one process, the event emitted from another,
-and the new model version seen in MLflow."""
+and the new model versions seen in MLflow: with `unlearn.method: amun` the fast
+path serves an approximate version first, then the exact erasure supersedes it."""
 
 import json
 import os
@@ -67,6 +68,7 @@ def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_p
     params["train"].update({"epochs": 4, "augment": False})
     params["partition"]["shards"] = [0, 1, 2]
     params["promote"]["min_test_accuracy"] = 0.3
+    params["unlearn"]["method"] = "amun"  # the served flow: fast path first, then the exact erasure
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     lineage.git(ws, *lineage.GIT_IDENTITY, "commit", "-qam", "params")
     trained = run("train", "-C", str(ws))
@@ -76,7 +78,7 @@ def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_p
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         first = server.stdout.readline()
-        assert "serving the erase flow" in first
+        assert "serving the erase flow" in first and "after the fast path (amun)" in first
         api = env["PREFECT_API_URL"]
 
         def deployment_ready():
@@ -96,10 +98,12 @@ def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_p
             out = run("status", "-C", str(ws), "--json")
             return json.loads(out.stdout)["production"] if out.returncode == 0 else None
 
-        wait_until(lambda: (production() or {}).get("version") == "2", 180, "production = the erase flow's version",
+        wait_until(lambda: (production() or {}).get("version") == "3", 240, "production = the erase flow's version",
                    server)
         assert production()["kind"] == "erase"
         assert any((ws / "lineage" / "certificates").glob("0001-*.json"))
+        approximations = list((ws / "lineage" / "approximations").glob("0001-*.json"))  # v2: the fast path's
+        assert len(approximations) == 1 and json.loads(approximations[0].read_text())["new_version"] == "2"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -85,5 +85,10 @@ class Layout:
         return self.root / ".unlearnflow"
 
     @property
+    def outputs_cache(self) -> Path:
+        """Constituent outputs on the splits (``scoring.OutputCache``), kept for audits."""
+        return self.private / "outputs"
+
+    @property
     def tombstones(self) -> Path:
         return self.private / "tombstones.jsonl"
