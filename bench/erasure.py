@@ -91,6 +91,17 @@ def prefect_server(tmp: Path):
         server.wait(timeout=30)
 
 
+def with_prefect_server(bench, args):
+    """``bench(tmp, env, args)`` in a temporary folder beside a running Prefect server
+    (``env`` points at it); both are gone afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="unlearnflow-bench-"))
+    try:
+        with prefect_server(tmp) as env:
+            return bench(tmp, env, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=5)
@@ -98,13 +109,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "erasure"))
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="unlearnflow-bench-"))
-    try:
-        with prefect_server(tmp) as env:
-            results = bench(tmp, env, args)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write(results, args)
+    write(with_prefect_server(bench, args), args)
 
 
 def bench(tmp: Path, env: dict, args) -> dict:

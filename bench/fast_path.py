@@ -18,15 +18,13 @@ import argparse
 import json
 import multiprocessing as mp
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from erasure import init_workspace, prefect_server, run  # noqa: E402  (bench/ helpers)
+from erasure import init_workspace, run, with_prefect_server  # noqa: E402  (bench/ helpers)
 
 
 def main() -> None:
@@ -36,13 +34,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fast_path"))
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="unlearnflow-bench-"))
-    try:
-        with prefect_server(tmp) as env:
-            rows = bench(tmp, env, args)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write(rows, args)
+    write(with_prefect_server(bench, args), args)
 
 
 def bench(tmp: Path, env: dict, args) -> list[dict]:

@@ -18,7 +18,7 @@ from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
 from unlearnflow.hashing import hash_json, md5_file
-from unlearnflow.records import RecordSet
+from unlearnflow.records import SPLITS, RecordSet
 from unlearnflow.scoring import OutputCache, records_digest
 from unlearnflow.stages import load_ensemble, load_split
 
@@ -90,7 +90,7 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
                 deleted_files.append(rel)
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or old splits
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
-        {records_digest(load_split(layout, split)) for split in ("train", "test", "holdout")})
+        {records_digest(load_split(layout, split)) for split in SPLITS})
     return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files, "cached_outputs_deleted": pruned}
 
 
@@ -126,7 +126,7 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
 
     t0 = time.perf_counter()
     ws = Workspace(root)
-    sets = {name: load_split(ws.layout, name) for name in ("train", "test", "holdout")}
+    sets = {name: load_split(ws.layout, name) for name in SPLITS}
     sets = {"forget": forget_records(params.data, ws, sets, erased), **sets}
     references, k = None, params.audit.lira_references
     if k and len(sets["forget"]):

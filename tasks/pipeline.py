@@ -43,12 +43,13 @@ def evaluate(root: str) -> dict:
 def score_for_audits(partition_cfg: PartitionConfig, root: str, workers: int) -> dict:
     """Score the new constituents on the splits once, into the workspace's output cache,
     so the first erasure's audit (and the fast path's) only scores what it changes."""
+    from unlearnflow.records import SPLITS
     from unlearnflow.scoring import OutputCache
 
     layout = Layout(root)
     cache = OutputCache(layout.outputs_cache)
     paths = [str(layout.model(k)) for k in partition_cfg.shards]
-    for split in ("train", "test", "holdout"):
+    for split in SPLITS:
         cache.probabilities(paths, stages.load_split(layout, split), workers=workers)
     return {"scored": cache.computed, "reused": cache.reused}
 
