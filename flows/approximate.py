@@ -31,6 +31,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks import approximate, erasure, lineage as lineage_mod, tracking
+from tasks.erasure import advance
 from flows.erase import nan_to_none
 from tasks.workspace import Workspace
 from unlearnflow.audit.report import gate as audit_gate
@@ -63,10 +64,13 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
         return {"status": "idle", "message": "no pending request that is not already approximated"}
     aid = "a" + hash_json({"requests": [r["request_id"] for r in todo["requests"]], "base": str(base.version),
                            "method": params.unlearn.method})[:12]
+    state = ws.journal().begin({"kind": "approximate", "approximation_id": aid, "base_version": str(base.version)})
+    state = advance(ws, state, "begun")
     lap("resolved")
 
     # The critical path: update, audit the update (the gate needs it), register, serve.
     updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"])
+    state = advance(ws, state, "unlearned", scratch=[updated["dir"]])
     lap("unlearned")
     gated = erasure.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
     previous_acc = float(base.tags["ensemble_test_accuracy"]) if "ensemble_test_accuracy" in base.tags else None
@@ -75,10 +79,12 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
     tracked = tracking.log_approximate_run(ws, params, approximation_id=aid, base_version=str(base.version),
                                            approximated=updated, requests=todo["requests"], audit=gated,
                                            seconds=time.perf_counter() - t0)
+    state = advance(ws, state, "registered", version=tracked["version"])
     lap("registered")
     decision = tracking.promote(ws, params, tracked["version"], {"ensemble_accuracy": gated["after"]["test_accuracy"]},
-                                blockers=audit_reasons)
+                                blockers=[f"audit failed: {r}" for r in audit_reasons])
     served_at = time.time()
+    state = advance(ws, state, "served" if decision["promoted"] else "held_back")
     lap("served" if decision["promoted"] else "held_back")
 
     # Then the record: the audit beside the version it replaced, its histogram, the git record.
@@ -108,11 +114,13 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
         "created_at": erasure.now(),
         "seconds": clock,
     })
+    state = advance(ws, state, "recorded", scratch=[updated["dir"], str(Path(audited["histogram"]).parent)])
     git_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
     tracking.log_artifact(ws, tracked["run_id"], record, "approximation")
     for scratch in (updated["dir"], str(Path(audited["histogram"]).parent)):  # now stored in MLflow
         shutil.rmtree(scratch, ignore_errors=True)
     audited["histogram"] = f"MLflow run {tracked['run_id']}, artifact audit/{Path(audited['histogram']).name}"
+    ws.journal().finish()
     lap("recorded")
     return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
             "requests": todo["requests"], "erased_records": len(todo["erased"]),
@@ -124,10 +132,11 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
 
 
 def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
-    ws = Workspace(workspace)
-    ws.check()
-    chosen = method or ws.load_params().unlearn.method
-    if chosen not in UNLEARNERS:
-        raise UnlearnflowError(f"unlearning method {chosen!r} is not an approximate method; valid choices: "
-                               f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
-    return approximate_flow(workspace=str(ws.root), method=method, commit=commit)
+    from flows.guard import writing
+
+    with writing(workspace, "unlearnflow fast path") as (ws, params):
+        chosen = method or params.unlearn.method
+        if chosen not in UNLEARNERS:
+            raise UnlearnflowError(f"unlearning method {chosen!r} is not an approximate method; valid choices: "
+                                   f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
+        return approximate_flow(workspace=str(ws.root), method=method, commit=commit)

@@ -84,8 +84,14 @@ def _stored(ws: Workspace, mv) -> dict:
 
 def run_audit(workspace: str = ".", version: str | None = None, reference: str | None = None,
               lira: int | None = None) -> dict:
-    ws = Workspace(workspace)
-    ws.check()
+    from flows.guard import writing
+
     if lira is not None and (lira < 0 or lira == 1 or lira % 2):
         raise UnlearnflowError(f"--lira {lira} is invalid: expected 0 (off) or an even number >= 2")
-    return audit_flow(workspace=str(ws.root), version=version, reference=reference, lira=lira)
+    with writing(workspace, "unlearnflow audit") as (ws, params):  # it logs to the audited version's run
+        client = tracking.client_for(ws)  # bad versions fail here, before Prefect starts
+        name = params.tracking.registered_model
+        _stored(ws, _version(ws, client, name, version))
+        if reference:
+            _stored(ws, _version(ws, client, name, reference))
+        return audit_flow(workspace=str(ws.root), version=version, reference=reference, lira=lira)

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from unlearnflow.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
 WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n/.unlearnflow/\n/ledger/*.lock\n__pycache__/\n"
@@ -43,11 +45,24 @@ def quiet_telemetry() -> None:
     logging.getLogger("unlearnflow").setLevel(logging.INFO)  # per-stage progress lines
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (not the stream of when it was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def log_to_stderr() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("unlearnflow")
-    logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
@@ -97,7 +112,7 @@ def cmd_train(args) -> int:
     from flows.train import run_train
 
     t0 = time.perf_counter()
-    result = run_train(args.workspace, commit=not args.no_commit)
+    result = run_train(args.workspace, commit=not args.no_commit, wait=not args.no_wait)
     if args.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
@@ -126,6 +141,10 @@ def _file_request(args, kind: str):
     ws.check()
     params = ws.load_params()
     _check_method(args.method or params.unlearn.method)  # before anything is filed
+    for flag in ("subject", "record", "file"):
+        for value in getattr(args, flag, None) or ():
+            if not value.strip():
+                raise ConfigError(f"--{flag} {value!r} is empty; name a {flag}")
     label = None
     if kind == "rectify":
         classes = _classes(ws, params)
@@ -137,9 +156,36 @@ def _file_request(args, kind: str):
             return ws, None, False
     request = make_request(kind, params.data, ws.secret_key(), subjects=getattr(args, "subject", None) or (),
                            records=args.record or (), files=getattr(args, "file", None) or (), label=label)
-    request_id, new = ws.ledger().file(request, now())
-    print(f"request {request_id} {'filed' if new else 'was already filed (no second effect)'}")
+    ledger = ws.ledger()
+    request_id, new = ledger.file(request, now())
+    if ledger.set_aside:
+        print(f"warning: the ledger ended in a torn line (a command stopped while filing, before it said "
+              f"'filed'); it was set aside in {ledger.set_aside}. If you were filing a request then, file it again",
+              file=sys.stderr)
+    matched = _records_matching(ws, params, request) if new else None
+    print(f"request {request_id} {'filed' if new else 'was already filed (no second effect)'}"
+          + (f" (it matches {matched} record(s) in the current data)" if matched else ""))
+    if matched == 0:
+        print(f"warning: request {request_id} matches no record in the current data (check the spelling of "
+              f"{_selectors(args)}); it stays on file, and erasing it changes no model: it is recorded as unmatched",
+              file=sys.stderr)
     return ws, request_id, new
+
+
+def _selectors(args) -> str:
+    return ", ".join(f"--{flag} {v}" for flag in ("subject", "record", "file") for v in getattr(args, flag, None) or ())
+
+
+def _records_matching(ws, params, request) -> int | None:
+    """How many records of the current data version a request names (None: not prepared yet)."""
+    from unlearnflow.erasure import resolve
+    from unlearnflow.records import SPLITS, RecordSet
+    from unlearnflow.stages import load_split
+
+    if not all(ws.layout.split_table(s).is_file() for s in SPLITS):
+        return None
+    records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS])
+    return len(resolve(request, records, ws.secret_key()))
 
 
 def _classes(ws, params) -> list[str]:
@@ -154,13 +200,17 @@ def _classes(ws, params) -> list[str]:
 def _run_erase_and_report(ws, args) -> int:
     from flows.erase import run_erase
 
-    result = run_erase(str(ws.root), commit=not args.no_commit)
+    result = run_erase(str(ws.root), commit=not args.no_commit, wait=not getattr(args, "busy_fail", False))
     if args.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
     print()
     if result["status"] == "idle":
         print(result["message"])
+        return 0
+    if result["status"] == "unmatched":
+        print(f"erasure {result['erasure_id']}: request(s) {', '.join(result['unmatched'])} matched no record; "
+              f"recorded as unmatched in the ledger. No model changed, no version registered, nothing purged")
         return 0
     for r in result["requests"]:
         print(f"  request {r['request_id']} ({r['kind']}): {r['records']} record(s)"
@@ -211,7 +261,6 @@ def cmd_rectify(args) -> int:
 
 
 def _check_method(method: str) -> None:
-    from unlearnflow.errors import ConfigError
     from unlearnflow.unlearning import UNLEARNERS
 
     if method != "sisa" and method not in UNLEARNERS:
@@ -290,7 +339,8 @@ def cmd_demo(args) -> int:
             return 2
     ws = Workspace(target)
     params = ws.load_params()
-    if production_version(ws, params.tracking.registered_model) is None or not lineage.dvc_status_clean(ws.root)[0]:
+    untrained = production_version(ws, params.tracking.registered_model) is None
+    if untrained or (not ws.pending_requests() and not lineage.dvc_status_clean(ws.root)[0]):
         print("demo: training the SISA ensemble first (about a minute)")
         run_train(str(ws.root))
     subject = args.subject
@@ -415,6 +465,10 @@ def cmd_verify(args) -> int:
 
     ws = Workspace(args.workspace)
     ws.check()
+    if not (ws.root / "dvc.lock").is_file():
+        raise ConfigError(f"nothing to verify in {ws.root}: it has never been trained (no dvc.lock); "
+                          f"run `unlearnflow train` first")
+    _interrupted_notice(ws)
     checks = verify(ws, retrain=args.retrain or args.retrain_all, retrain_all=args.retrain_all)
     if args.json:
         print(json.dumps([c.__dict__ for c in checks], indent=1))
@@ -430,7 +484,15 @@ def cmd_lineage(args) -> int:
 
     ws = Workspace(args.workspace)
     ws.check()
-    history = version_history(ws, ws.load_params().tracking.registered_model, args.version)
+    if args.version is not None and (not args.version.isdigit() or int(args.version) < 1):
+        raise ConfigError(f"--version {args.version!r} is invalid: expected a version number (1, 2, …; "
+                          f"`unlearnflow lineage` lists them)")
+    name = ws.load_params().tracking.registered_model
+    history = version_history(ws, name, args.version)
+    if args.version is not None and not any(h["version"] == args.version for h in history):
+        known = [h["version"] for h in version_history(ws, name)]
+        raise ConfigError(f"{name!r} has no version {args.version}; registered versions: "
+                          f"{', '.join(sorted(known, key=int)) or 'none'}")
     if args.json:
         print(json.dumps(history, indent=1))
         return 0
@@ -466,6 +528,7 @@ def cmd_status(args) -> int:
     ws = Workspace(args.workspace)
     ws.check()
     params = ws.load_params()
+    _interrupted_notice(ws)
     info = {"workspace": str(ws.root), "dataset": params.data.dataset,
             "shards": params.partition.num_shards, "slices": params.partition.slices}
     if (ws.root / "dvc.lock").is_file():
@@ -499,7 +562,7 @@ def cmd_status(args) -> int:
     for k, md5 in info.get("constituents", {}).items():
         print(f"  train@{k}  model md5 {md5 or '-'}")
     if "dvc_status_clean" in info:
-        print(f"dvc status   {'clean' if info['dvc_status_clean'] else 'changed: run `unlearnflow train` or `dvc repro`'}")
+        print(f"dvc status   {'clean' if info['dvc_status_clean'] else 'changed: run `unlearnflow erase`' if pending else 'changed: run `unlearnflow train` or `dvc repro`'}")
     print(f"requests     {len(pending)} pending the exact erasure"
           + (f", of which only approximately forgotten so far: {', '.join(info['requests_only_approximately_forgotten'])}"
              if info["requests_only_approximately_forgotten"] else ""))
@@ -509,7 +572,16 @@ def cmd_status(args) -> int:
 def cmd_ui(args) -> int:
     from tasks.workspace import Workspace
 
+    import socket
+
     ws = Workspace(args.workspace)
+    ws.check()
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise ConfigError(f"cannot serve the UI on {args.host}:{args.port}: {e.strerror}; "
+                              f"pick another --port") from None
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
            "--default-artifact-root", ws.artifact_root, "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
@@ -525,6 +597,25 @@ def cmd_stage(args) -> int:
     params = ws.load_params()
     layout = ws.layout
     log_to_stderr()
+    if ws.journal().read() is not None:
+        raise ConfigError("an erasure or fast path was interrupted in this workspace; run `unlearnflow erase` "
+                          "to finish it before `dvc repro`")
+    if args.name == "prepare":
+        from flows.train import refuse_pending
+
+        refuse_pending(ws)
+    with ws.lock(f"unlearnflow stage {args.name}", notify=lambda m: print(m, file=sys.stderr)):
+        out = _stage(args, ws, params, layout)
+    if out is None:
+        return 2
+    print(json.dumps(out, default=str)[:2000])
+    return 0
+
+
+def _stage(args, ws, params, layout):
+    from unlearnflow import stages
+    from unlearnflow.progress import progress_callbacks
+
     if args.name == "prepare":
         out = stages.prepare(params.data, layout, ws.secret_key(), ws.ledger().read(), ws.tombstones())
     elif args.name == "partition":
@@ -532,14 +623,30 @@ def cmd_stage(args) -> int:
     elif args.name == "train":
         if args.shard is None or args.shard not in params.partition.shards:
             print(f"error: --shard must be one of {list(params.partition.shards)}; got {args.shard}", file=sys.stderr)
-            return 2
+            return None
         out = stages.train_stage(params.train, layout, args.shard, progress_callbacks())
     elif args.name == "aggregate":
         out = stages.aggregate_stage(params.aggregate, params.partition, layout)
     else:
         out = stages.evaluate_stage(layout)
-    print(json.dumps(out, default=str)[:2000])
-    return 0
+    return out
+
+
+def _interrupted_notice(ws) -> None:
+    state = ws.journal().read()
+    if state is not None:
+        print(f"note: {'erasure ' + state.get('erasure_id', '') if state['kind'] == 'erase' else 'a fast path'} was "
+              f"interrupted (last step done: {state['steps'][-1] if state['steps'] else 'none'}); the next writing "
+              f"command (e.g. `unlearnflow erase`) finishes or rolls it back", file=sys.stderr)
+    if ws.ledger().read().torn:
+        print("note: the ledger ends in a torn line (a command stopped while filing); the next filing sets it aside",
+              file=sys.stderr)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; valid: 1-65535")
+    return int(text)
 
 
 # ---- parser ----------------------------------------------------------------------------
@@ -577,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train", "train (or resume) all constituents with the Prefect flow, record lineage, register the model", cmd_train)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit dvc.lock afterwards")
+    sp.add_argument("--no-wait", action="store_true",
+                    help="refuse instead of waiting when another command is writing to the workspace")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     sp = add("forget", "file an erasure request (right to be forgotten) and carry it out", cmd_forget)
@@ -598,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("erase", "carry out every pending request in the ledger as one batch", cmd_erase)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
+    sp.add_argument("--no-wait", dest="busy_fail", action="store_true",
+                    help="refuse instead of waiting when another command is writing to the workspace")
     _add_method_args(sp)
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -637,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ui", "start the MLflow UI (tracking server) on the workspace's store", cmd_ui)
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--port", type=_port, default=5000, help="TCP port, 1-65535 (default 5000)")
 
     sp = add("stage", "run one pipeline stage (dvc.yaml's commands call this)", cmd_stage)
     sp.add_argument("name", choices=STAGES)
@@ -653,8 +764,27 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except UnlearnflowError as e:
-        print(f"error: {e}", file=sys.stderr)
+        detail = getattr(e, "local_detail", "")
+        print(f"error: {e}" + (f" ({detail})" if detail else ""), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing acknowledged is lost; the next command that writes to the workspace "
+              "finishes or rolls back what was under way", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an environment problem: one line here, the traceback in a file
+        return _unexpected(e)
+
+
+def _unexpected(e: Exception) -> int:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="unlearnflow-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(e, file=f)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"error: {type(e).__name__}: {first[:300]} (traceback in {path})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

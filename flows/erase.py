@@ -1,11 +1,19 @@
-"""The erase flow: every pending request in the ledger, as one batch.
+"""The erase flow: every pending request in the ledger, as one batch, as a journaled
+transaction (``tasks/erasure.py:STEPS``; the journal is ``.unlearnflow/journal.json``).
 
-    resolve requests -> new data version (prepare, partition) -> retrain affected shards
-    only (train@k resumes from the newest checkpoint without the erased records; others
-    reuse every checkpoint) -> aggregate, evaluate, measure the erased records ->
-    purge (checkpoints, image files, DVC cache) -> commit data version (DVC + git) ->
-    MLflow run + new model version -> certificate (hash-chained, committed) ->
-    move `production`, then delete superseded versions' model files.
+    begin (journal: batch + state before) -> resolve requests -> new data version
+    (prepare, partition, train@k: affected shards resume from their newest clean checkpoint,
+    the others reuse every checkpoint) -> aggregate, evaluate -> audit -> purge (checkpoints,
+    image files, output cache) -> commit data version (DVC + git, dvc gc) -> MLflow run +
+    new model version -> signed certificate (git, MLflow) -> `production` -> superseded
+    versions' model files deleted -> journal removed.
+
+Every step is idempotent and recorded when done, so a crash anywhere is finished by the
+next writing command (``flows/recovery.py`` runs this flow again on the journal's batch):
+computation is repeated from content-keyed checkpoints, what was registered or certified
+is found again by the erasure id, and what the certificate says about shards is derived
+from the state before (journal) and after (files), not from what one process trained.
+`production` moves only after the certificate is written.
 
     unlearnflow forget --subject ID     # files a request and runs this flow
 """
@@ -16,12 +24,13 @@ import time
 
 from prefect import flow, unmapped
 
-from tasks import erasure, lineage as lineage_mod, pipeline, tracking
+from tasks import erasure, lineage, pipeline, tracking
+from tasks.erasure import advance
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
+from unlearnflow import certificates
 from unlearnflow.audit.report import gate as audit_gate
 from unlearnflow.certificates import completed_requests
-from unlearnflow.preflight import check_names
 
 
 def nan_to_none(d: dict) -> dict:
@@ -35,14 +44,20 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     ws = Workspace(workspace)
     root = str(ws.root)
     params = ws.load_params()
-    if not ws.pending_requests():
+    name = params.tracking.registered_model
+    state = erasure.begin(params, root)
+    if state is None:
         return {"status": "idle", "message": "no pending requests in the ledger"}
-
-    before = erasure.snapshot(params.partition, root)
-    before_lock = lineage_mod.lock_info(ws.root) if (ws.root / "dvc.lock").exists() else {"dvc_lock_md5": ""}
-    previous = tracking.production_version(ws, params.tracking.registered_model)
-    resolved = erasure.resolve_requests(params.data, root)
-    eid = erasure.erasure_id([r["request_id"] for r in resolved["requests"]], before_lock["dvc_lock_md5"])
+    eid = state["erasure_id"]
+    resolved = erasure.resolve_requests(params.data, root, state["request_ids"])
+    if not resolved["matched"]:  # nothing to erase: no new version, nothing purged, the ledger says so
+        erasure.commit_ledger(root, commit, f"unlearnflow erase {eid}: {len(resolved['unmatched'])} request(s) "
+                              "matched no record")
+        ws.journal().finish()
+        return {"status": "unmatched", "erasure_id": eid, "requests": resolved["requests"],
+                "unmatched": resolved["unmatched"], "resumed": state["resumed"],
+                "total_seconds": round(time.perf_counter() - t0, 2)}
+    state = advance(ws, state, "resolved")
 
     t_compute = time.perf_counter()
     prepared = pipeline.prepare(params.data, root)
@@ -51,112 +66,87 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     shards = [f.result() for f in futures]
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
     metrics = pipeline.evaluate(root)
+    after = erasure.snapshot(params.partition, root)
+    affected = certificates.affected_shards(state["before"], after)
+    state = advance(ws, state, "computed")
+
+    previous = tracking.get_version(ws, name, state["previous_version"])
     audited = erasure.audit_version(params, root, resolved["erased_records"], eid,
                                     tracking.stored_constituents(ws, previous))
-    forgotten = audited["forgotten"]
     compute_seconds = time.perf_counter() - t_compute
     previous_acc = float(previous.tags["ensemble_test_accuracy"]) if previous and \
         "ensemble_test_accuracy" in previous.tags else None
     audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
+    state = advance(ws, state, "audited")
 
     purged = erasure.purge_workspace(params.data, params.partition, root, resolved["erased_sources"])
+    files_deleted = sorted(set(state.get("files_deleted", [])) | set(purged["files_deleted"]))  # an earlier attempt's too
+    state = advance(ws, state, "purged", files_deleted=files_deleted)
+
     data_lineage = pipeline.record_lineage(
         root, commit, f"unlearnflow erase {eid}: {len(resolved['requests'])} request(s), "
         f"{len(resolved['erased_records'])} record(s) removed", gc=True)
+    state = advance(ws, state, "data_committed")
 
-    affected = {}
-    for s in shards:
-        if s["trained_stages"]:
-            old = before.get(str(s["shard"]), {})
-            affected[str(s["shard"])] = {
-                "first_retrained_slice": s["trained_stages"][0] + 1,
-                "resumed_from_checkpoint": s["slice_keys"][s["resumed_from"]] if s["resumed_from"] >= 0 else None,
-                "previous_model_md5": old.get("model_md5"),
-                "model_md5": s["model_md5"],
-                "manifest_md5": s["manifest_md5"],
-            }
-    prev_version = str(previous.version) if previous else ""
-    tracked = tracking.log_pipeline_run(
+    tracked = tracking.find_erasure_version(ws, name, eid) or tracking.log_pipeline_run(
         ws, params, kind="erase", run_name=f"erase-{eid}", prepared=prepared, shards=shards,
         child_shards=[int(k) for k in affected], ensemble=ensemble, metrics=metrics, lineage=data_lineage,
-        extra_tags={
-            "erasure_id": eid,
-            "erasure_requests": ",".join(r["request_id"] for r in resolved["requests"]),
-            "erasure_unmatched": ",".join(resolved["unmatched"]),
-            "affected_shards": ",".join(affected) or "none",
-            "affected_slices": str({k: v["first_retrained_slice"] for k, v in affected.items()}),
-            "resumed_from": str({k: v["resumed_from_checkpoint"] for k, v in affected.items()}),
-            "previous_version": prev_version,
-        },
-        extra_metrics={**{k: v for k, v in forgotten.items() if v == v},  # drop NaN (no erased records)
-                       **{f"audit_{k}": v for k, v in audited["after"].items() if v == v},
-                       **{f"audit_before_{k}": v for k, v in (audited["before"] or {}).items() if v == v},
-                       "audit_seconds": audited["seconds"], "audit_passed": float(audit_ok),
-                       **({"audit_lira_reference_seconds": audited["lira_reference_seconds"]}
-                          if audited["lira_reference_seconds"] else {}),
-                       "erasure_compute_seconds": compute_seconds},
-    )
-    body = {
-        "erasure_id": eid,
-        "created_at": erasure.now(),
-        "requests": resolved["requests"],
-        "unmatched_requests": resolved["unmatched"],
-        "erased_record_ids": resolved["erased_records"],
-        "affected_shards": affected,
-        "constituents": {str(s["shard"]): {"manifest_md5": s["manifest_md5"], "model_md5": s["model_md5"]}
-                         for s in shards},
-        "dvc_lock_md5": data_lineage["dvc_lock_md5"],
-        "data_version": data_lineage["data_version"],
-        "git_commit": data_lineage["git_commit"],
-        "previous_version": prev_version,
-        "new_version": tracked["version"],
-        "registered_model": params.tracking.registered_model,
-        "metrics": {"test_accuracy": metrics["ensemble_accuracy"], **nan_to_none(forgotten)},
-        "purged": {**purged, "dvc_cache": "gc --workspace"},
-        "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
-                  "passed": audit_ok, "failed_because": audit_reasons},
-        "superseded_versions": ("kept: " + params.retention.reason) if params.retention.keep_superseded
-        else "model files deleted once this version is in production",
-    }
-    cert_path = erasure.write_certificate(root, body)  # from here on, these requests are done
-    tracking.log_certificate(ws, tracked["run_id"], cert_path)
-    tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
+        extra_tags=tracking.erasure_tags(eid, resolved, affected, state["previous_version"]),
+        extra_metrics=erasure.run_metrics(audited, audit_ok, compute_seconds))
+    state = advance(ws, state, "registered", version=tracked["version"], run_id=tracked["run_id"])
+
+    body = certificates.body(
+        erasure_id=eid, created_at=erasure.now(), resolved=resolved, affected=affected, after=after,
+        lineage=data_lineage, previous_version=state["previous_version"], new_version=tracked["version"],
+        registered_model=name,
+        metrics={"test_accuracy": metrics["ensemble_accuracy"], **nan_to_none(audited["forgotten"])},
+        audit={"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
+               "passed": audit_ok, "failed_because": audit_reasons},
+        purged={**purged, "files_deleted": files_deleted, "dvc_cache": "gc --workspace"},
+        superseded=("kept: " + params.retention.reason) if params.retention.keep_superseded
+        else "model files deleted once this version is in production")
+    cert_path = erasure.certify(root, body, tracked["run_id"], audited["histogram"], commit, name)
     approximations_done = tracking.mark_superseded_approximations(  # fast-path versions these requests had
         ws, params, tracked["version"], eid, completed_requests(ws.layout.certificates))
-    cert_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow certificate {eid}") if commit else None
-    decision = tracking.promote(ws, params, tracked["version"], metrics, blockers=audit_reasons)
+    state = advance(ws, state, "certified", certificate=cert_path)
+
+    decision = tracking.promote(ws, params, tracked["version"], metrics,
+                                blockers=[f"audit failed: {r}" for r in audit_reasons])
+    state = advance(ws, state, "promoted", promoted=decision["promoted"])
     superseded, retained = [], []
     if decision["promoted"] and params.retention.keep_superseded:
         retained = tracking.retain_superseded(ws, params, tracked["version"], eid)
     elif decision["promoted"]:
         superseded = tracking.purge_superseded(ws, params, tracked["version"], f"erased under {eid}")
+    ws.journal().finish()
     return {
         "status": "erased",
         "erasure_id": eid,
+        "resumed": state["resumed"],
         "requests": resolved["requests"],
         "unmatched": resolved["unmatched"],
         "erased_records": len(resolved["erased_records"]),
         "shards": shards,
         "affected": affected,
         "metrics": metrics,
-        "forgotten": forgotten,
+        "forgotten": audited["forgotten"],
         "audit": {**audited, "passed": audit_ok, "failed_because": audit_reasons},
-        "purged": purged,
+        "purged": {**purged, "files_deleted": files_deleted},
         "superseded_purged": superseded,
         "superseded_retained": retained,
         "approximations_superseded": approximations_done,
         "mlflow": {**tracked, **decision},
-        "previous_version": prev_version,
+        "previous_version": state["previous_version"],
         "certificate": cert_path,
-        "git_commit": cert_commit or data_lineage["git_commit"],
+        "git_commit": lineage.git_head(ws.root),
         "compute_seconds": round(compute_seconds, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-def run_erase(workspace: str = ".", commit: bool = True) -> dict:
-    ws = Workspace(workspace)
-    ws.check()
-    params = ws.load_params()
-    check_names(params)
-    return erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root), commit=commit)
+def run_erase(workspace: str = ".", commit: bool = True, wait: bool = True) -> dict:
+    from flows.guard import writing
+
+    with writing(workspace, "unlearnflow erase", wait=wait) as (ws, params):
+        return erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root),
+                                                                                      commit=commit)

@@ -36,9 +36,11 @@ class NoPrefectServer(UnlearnflowError):
 def requests_flow(workspace: str = ".") -> dict:
     """Every pending request: the fast path first when ``unlearn.method`` is an approximate
     method, then the exact erasure (which batches whatever else is pending by then)."""
-    params = Workspace(workspace).load_params()
-    fast = approximate_flow(workspace=workspace) if params.unlearn.method != "sisa" else None
-    exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=workspace)
+    from flows.guard import writing
+
+    with writing(workspace, "unlearnflow serve: request flow") as (ws, params):  # lock; recover a crashed run
+        fast = approximate_flow(workspace=str(ws.root)) if params.unlearn.method != "sisa" else None
+        exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root))
     return {"approximate": fast, "exact": exact}
 
 

@@ -14,7 +14,12 @@ from prefect import flow, unmapped
 from tasks import pipeline
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
+from unlearnflow.errors import UnlearnflowError
 from unlearnflow.preflight import preflight
+
+
+class PendingRequests(UnlearnflowError):
+    """Requests are filed but not yet carried out: no new model may be built first."""
 
 
 @flow(name="unlearnflow-train")
@@ -34,7 +39,11 @@ def train_flow(workspace: str = ".", commit: bool = True) -> dict:
     lineage = pipeline.record_lineage(
         root, commit, f"unlearnflow train: {len(shards)} constituents, test accuracy {metrics['ensemble_accuracy']:.4f}"
     )
-    tracked = pipeline.log_to_mlflow(root, params, prepared, shards, ensemble, metrics, lineage)
+    # a request filed while this flow trained: its records may be in this version; never serve it
+    filed_meanwhile = [r.request.request_id for r in ws.pending_requests()]
+    blockers = [f"request(s) {', '.join(filed_meanwhile)} filed during training; run `unlearnflow erase`"] \
+        if filed_meanwhile else []
+    tracked = pipeline.log_to_mlflow(root, params, prepared, shards, ensemble, metrics, lineage, blockers)
     return {
         "workspace": root,
         "prepared": prepared,
@@ -47,14 +56,25 @@ def train_flow(workspace: str = ".", commit: bool = True) -> dict:
     }
 
 
-def run_train(workspace: str = ".", commit: bool = True) -> dict:
-    """Validate params (before any work), pick the task runner, run the flow."""
-    ws = Workspace(workspace)
-    ws.check()
-    params = ws.load_params()
-    preflight(params)
-    runner = make_task_runner(params.runner)
-    return train_flow.with_options(task_runner=runner)(workspace=str(ws.root), commit=commit)
+def run_train(workspace: str = ".", commit: bool = True, wait: bool = True) -> dict:
+    """Validate params (before any work), refuse while requests are pending (training now
+    would bring their records back), pick the task runner, run the flow."""
+    from flows.guard import writing
+
+    with writing(workspace, "unlearnflow train", wait=wait) as (ws, params):
+        refuse_pending(ws)
+        preflight(params)
+        runner = make_task_runner(params.runner)
+        return train_flow.with_options(task_runner=runner)(workspace=str(ws.root), commit=commit)
+
+
+def refuse_pending(ws: Workspace) -> None:
+    pending = [r.request.request_id for r in ws.pending_requests()]
+    if pending:
+        raise PendingRequests(
+            f"{len(pending)} request(s) are pending in the ledger ({', '.join(pending[:5])}"
+            f"{', …' if len(pending) > 5 else ''}): training now would build a model on data they ask to remove. "
+            f"Run `unlearnflow erase` first (it retrains what they touch and writes their certificate)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.workspace import Workspace
+from unlearnflow.durable import atomic_write
 from unlearnflow.approximate import approximate_constituent
 from unlearnflow.config import Params
 from unlearnflow.erasure import resolve
@@ -83,10 +84,48 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
             "dir": str(out), "ensemble": ensemble, "shards": shards}
 
 
+def find_record(ws: Workspace, approximation_id: str) -> Path | None:
+    hits = sorted((ws.root / RECORDS_DIR).glob(f"[0-9][0-9][0-9][0-9]-{approximation_id}.json"))
+    return hits[0] if hits else None
+
+
 @task(name="write-approximation-record", cache_policy=NO_CACHE)
 def write_record(root: str, body: dict) -> str:
-    folder = Workspace(root).root / RECORDS_DIR
+    """Write the record (atomically; once per approximation id)."""
+    ws = Workspace(root)
+    existing = find_record(ws, body["approximation_id"])
+    if existing:
+        return str(existing)
+    folder = ws.root / RECORDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{len(list(folder.glob('*.json'))) + 1:04d}-{body['approximation_id']}.json"
-    path.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    atomic_write(path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
     return str(path)
+
+
+def recover_interrupted(ws: Workspace, params: Params, state: dict) -> str:
+    """A fast path stopped by a crash: if its record was written, commit it (roll forward);
+    otherwise undo what it did (production back to the base version, its version tagged
+    abandoned). Either way the requests stay pending for the exact erasure. Returns what was done."""
+    from tasks import lineage, tracking
+
+    for scratch in state.get("scratch", []):
+        shutil.rmtree(scratch, ignore_errors=True)
+    aid, name = state["approximation_id"], params.tracking.registered_model
+    if find_record(ws, aid):
+        lineage.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}")
+        outcome = "its record was written; committed it"
+    elif state.get("version"):
+        client = tracking.client_for(ws)
+        production = tracking.production_version(ws, name)
+        moved_back = production is not None and str(production.version) == str(state["version"])
+        if moved_back:
+            client.set_registered_model_alias(name, tracking.PRODUCTION, state["base_version"])
+        client.set_model_version_tag(name, state["version"], "abandoned",
+                                     "fast path interrupted before its record was written; rolled back")
+        outcome = (f"rolled back: v{state['version']} tagged abandoned"
+                   + (f", production is v{state['base_version']} again" if moved_back else ""))
+    else:
+        outcome = "nothing was registered yet; rolled back"
+    ws.journal().finish()
+    return outcome + "; its requests stay pending for the exact erasure"

@@ -11,12 +11,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.faults import crash_point
 from tasks.workspace import Workspace
 from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
+from unlearnflow.pseudonyms import pseudonym
 from unlearnflow.hashing import hash_json, md5_file
 from unlearnflow.records import SPLITS, RecordSet
 from unlearnflow.scoring import OutputCache, records_digest
@@ -27,31 +29,73 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-@task(name="snapshot", cache_policy=NO_CACHE)
+# The erase flow's journal (``.unlearnflow/journal.json``) names the batch, the state before it
+# and every step done, in this order; a crash after any of them is finished by the next
+# writing command (``flows/recovery.py``), which runs the flow again from the journal.
+STEPS = ("begun", "resolved", "computed", "audited", "purged", "data_committed", "registered", "certified",
+         "promoted")
+
+
+def advance(ws: Workspace, state: dict, step: str, **values) -> dict:
+    """Record that ``step`` is done (durably), then the fault-injection point of that step."""
+    state = ws.journal().update(state, step, **values)
+    crash_point(step)
+    return state
+
+
 def snapshot(partition_cfg: PartitionConfig, root: str) -> dict:
-    """The serving state before the erasure: slice keys and md5 of each constituent."""
+    """The constituents now in the workspace: slice keys, model and manifest md5 of each."""
     layout = Workspace(root).layout
     out = {}
     for k in partition_cfg.shards:
         path = layout.model(k)
         if path.is_file():
-            out[str(k)] = {"slice_keys": load_constituent(path)[1]["slice_keys"], "model_md5": md5_file(path)}
+            manifest = layout.shard_manifest(k)
+            out[str(k)] = {"slice_keys": load_constituent(path)[1]["slice_keys"], "model_md5": md5_file(path),
+                           "manifest_md5": md5_file(manifest) if manifest.is_file() else None}
     return out
 
 
+@task(name="begin-erasure", cache_policy=NO_CACHE)
+def begin(params: Params, root: str) -> dict | None:
+    """The batch to erase: the interrupted one the journal names (``resumed``), else every
+    pending request, journaled with the state before it. None when there is nothing to do."""
+    from tasks import lineage, tracking
+
+    ws = Workspace(root)
+    journal = ws.journal()
+    state = journal.read()
+    if state is not None:
+        if state.get("kind") != "erase":
+            raise RuntimeError(f"{journal.path} records an interrupted {state.get('kind')}; recover it first")
+        return {**state, "resumed": True}
+    pending = ws.pending_requests()
+    if not pending:
+        return None
+    lock_md5 = lineage.lock_info(ws.root)["dvc_lock_md5"] if (ws.root / "dvc.lock").exists() else ""
+    previous = tracking.production_version(ws, params.tracking.registered_model)
+    ids = [r.request.request_id for r in pending]
+    state = journal.begin({"kind": "erase", "erasure_id": erasure_id(ids, lock_md5), "request_ids": ids,
+                           "before": snapshot(params.partition, root), "before_dvc_lock_md5": lock_md5,
+                           "previous_version": str(previous.version) if previous else "", "started_at": now()})
+    return {**advance(ws, state, "begun"), "resumed": False}
+
+
 @task(name="resolve-requests", cache_policy=NO_CACHE)
-def resolve_requests(cfg: DataConfig, root: str) -> dict:
-    """Match every pending request to records and append the outcome to the ledger."""
+def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict:
+    """Match the batch's requests to records and append the outcome to the ledger (once:
+    requests already resolved keep their records)."""
     ws = Workspace(root)
     ledger = ws.ledger()
-    batch = ws.pending_requests()
+    known = ledger.read().requests
+    batch = [known[rid] for rid in request_ids]
     records = load_pseudonymized(cfg, ws.secret_key())
     source_of = dict(zip(records.record_ids, records.sources))
     events, report, erased = [], [], {}
     for r in batch:
         rid = r.request.request_id
         matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
-        if r.status == "pending":  # resolved/unmatched ones came from a batch that failed later: keep
+        if r.status == "pending":  # resolved/unmatched ones came from an attempt that stopped later: keep
             events.append({"event": "resolved", "request_id": rid, "records": list(matched)} if matched
                           else {"event": "unmatched", "request_id": rid})
         report.append({"request_id": rid, "kind": r.request.kind, "records": len(matched)})
@@ -71,8 +115,8 @@ def resolve_requests(cfg: DataConfig, root: str) -> dict:
 @task(name="purge-workspace", cache_policy=NO_CACHE)
 def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
     """Delete slice checkpoints no current constituent uses (all that saw erased records),
-    for image folders the erased image files themselves, and cached outputs of models or
-    record sets no longer current."""
+    for image folders the erased image files themselves (reported as pseudonyms, like the
+    ledger's), and cached outputs of models or record sets no longer current."""
     ws = Workspace(root)
     layout = ws.layout
     keep = set()
@@ -87,16 +131,33 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
             path = (folder / rel).resolve()
             if folder in path.parents and path.is_file():
                 path.unlink()
-                deleted_files.append(rel)
+                deleted_files.append(pseudonym(ws.secret_key(), rel))  # file names are personal data
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or old splits
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
         {records_digest(load_split(layout, split)) for split in SPLITS})
     return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files, "cached_outputs_deleted": pruned}
 
 
-@task(name="write-certificate", cache_policy=NO_CACHE)
-def write_certificate(root: str, body: dict) -> str:
-    return str(certificates.write_certificate(Workspace(root).layout.certificates, body))
+@task(name="commit-ledger", cache_policy=NO_CACHE)
+def commit_ledger(root: str, commit: bool, message: str) -> None:
+    """Only the ledger changed (requests recorded as unmatched): git-commit it; no data
+    version, so dvc.lock stays what the production version recorded."""
+    from tasks import lineage
+
+    if commit:
+        lineage.git_commit_lineage(Path(root), message)
+
+
+def run_metrics(audited: dict, audit_ok: bool, compute_seconds: float) -> dict:
+    """The erase run's metrics: the erased records beside holdout, the audit after and before
+    (NaN left out: no erased records to score), and the seconds."""
+    return {**{k: v for k, v in audited["forgotten"].items() if v == v},
+            **{f"audit_{k}": v for k, v in audited["after"].items() if v == v},
+            **{f"audit_before_{k}": v for k, v in (audited["before"] or {}).items() if v == v},
+            "audit_seconds": audited["seconds"], "audit_passed": float(audit_ok),
+            **({"audit_lira_reference_seconds": audited["lira_reference_seconds"]}
+               if audited["lira_reference_seconds"] else {}),
+            "erasure_compute_seconds": compute_seconds}
 
 
 def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
@@ -191,3 +252,21 @@ def forget_records(cfg: DataConfig, ws: Workspace, splits: dict, erased: list[st
         every = load_pseudonymized(cfg, ws.secret_key())
         index = [i for i, r in enumerate(every.record_ids) if r in wanted]
     return every.take(index)
+
+
+@task(name="certify", cache_policy=NO_CACHE)
+def certify(root: str, body: dict, run_id: str, histogram: str | None, commit: bool, registered_model: str) -> str:
+    """Write the signed certificate (unless this erasure's is already written), log it and the
+    audit histogram to the erase run, record the signing key in MLflow, commit it to git."""
+    from tasks import lineage, tracking
+
+    ws = Workspace(root)
+    path = certificates.find(ws.layout.certificates, body["erasure_id"])
+    if path is None:
+        path = certificates.write_certificate(ws.layout.certificates, body, ws.signing_key())
+    tracking.log_certificate(ws, run_id, str(path), registered_model, ws.public_key())
+    if histogram and Path(histogram).is_file():
+        tracking.log_artifact(ws, run_id, histogram, "audit")
+    if commit:
+        lineage.git_commit_lineage(ws.root, f"unlearnflow certificate {body['erasure_id']}")
+    return str(path)

@@ -102,3 +102,25 @@ def git_commit_lineage(root: Path, message: str) -> str | None:
         identity = [] if git(root, "config", "user.email", check=False).stdout.strip() else GIT_IDENTITY
         git(root, *identity, "commit", "--quiet", "-m", message, "--", *paths)
     return git_head(root)
+
+
+def clear_stale_git_locks(root: Path) -> list[str]:
+    """Remove git's lock files (``.git/index.lock`` …) left by a git process that was killed
+    mid-commit, if no git process runs in this workspace now. Call it holding the workspace
+    lock (so no other unlearnflow command is committing). Returns what was removed."""
+    import psutil
+
+    git_dir = Path(root) / ".git"
+    stale = [p for p in [git_dir / "index.lock", git_dir / "HEAD.lock", *git_dir.glob("refs/heads/*.lock")]
+             if p.is_file()]
+    if not stale:
+        return []
+    for proc in psutil.process_iter(["name", "cwd"]):
+        try:
+            if proc.info["name"] == "git" and proc.info["cwd"] and Path(proc.info["cwd"]).resolve() == Path(root):
+                return []  # a git command is at work here: its locks are not stale
+        except (psutil.Error, OSError):
+            continue
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return [p.relative_to(root).as_posix() for p in stale]

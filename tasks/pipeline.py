@@ -77,7 +77,7 @@ def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> d
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE)
-def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage) -> dict:
+def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage, blockers=None) -> dict:
     from tasks import tracking
 
-    return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage)
+    return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage, blockers)

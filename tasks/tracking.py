@@ -221,7 +221,7 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
 
 def promote(ws: Workspace, params: Params, version: str, metrics: dict, blockers: list[str] | None = None) -> dict:
     """Move ``production`` to ``version`` if it passes the promote gate and nothing blocks it
-    (e.g. a failed audit); record the decision on the version."""
+    (``blockers``: reasons, e.g. "audit failed: …"); record the decision on the version."""
     client = client_for(ws)
     name = params.tracking.registered_model
     gate = params.promote.min_test_accuracy
@@ -229,7 +229,7 @@ def promote(ws: Workspace, params: Params, version: str, metrics: dict, blockers
     promoted = acc >= gate and not blockers
     reason = f"test accuracy {acc:.4f} {'>=' if acc >= gate else '<'} promote.min_test_accuracy {gate}"
     if blockers:
-        reason += "; audit failed: " + "; ".join(blockers)
+        reason += "; " + "; ".join(blockers)
     client.set_model_version_tag(name, version, "promotion", ("promoted: " if promoted else "held back: ") + reason)
     if promoted:
         client.set_registered_model_alias(name, PRODUCTION, version)
@@ -237,14 +237,16 @@ def promote(ws: Workspace, params: Params, version: str, metrics: dict, blockers
 
 
 def log_training(
-    ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict
+    ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict,
+    blockers: list[str] | None = None,
 ) -> dict:
-    """A training flow's run (a child per constituent), registered and, if good, promoted."""
+    """A training flow's run (a child per constituent), registered and, if good and nothing
+    blocks it, promoted."""
     out = log_pipeline_run(
         ws, params, kind="train", run_name=f"train-{lineage['data_version'][:8]}", prepared=prepared,
         shards=shards, child_shards=[s["shard"] for s in shards], ensemble=ensemble, metrics=metrics, lineage=lineage,
     )
-    return {**out, **promote(ws, params, out["version"], metrics)}
+    return {**out, **promote(ws, params, out["version"], metrics, blockers)}
 
 
 def retain_superseded(ws: Workspace, params: Params, keep_version: str, erasure: str) -> list[str]:
@@ -291,8 +293,63 @@ def production_version(ws: Workspace, registered_model: str):
         return None
 
 
-def log_certificate(ws: Workspace, run_id: str, path: str) -> None:
-    client_for(ws).log_artifact(run_id, path, "certificate")
+def log_certificate(ws: Workspace, run_id: str, path: str, registered_model: str, public_key: str) -> None:
+    """The certificate as an artifact of its erase run; the signing key's public half as a
+    registered-model tag (set once: a later, different key is what ``verify`` reports)."""
+    client = client_for(ws)
+    client.log_artifact(run_id, path, "certificate")
+    if "certificate_public_key" not in client.get_registered_model(registered_model).tags:
+        client.set_registered_model_tag(registered_model, "certificate_public_key", public_key)
+
+
+def logged_certificate(ws: Workspace, run_id: str) -> bytes | None:
+    """The certificate file logged to an erase run (None if there is none)."""
+    client = client_for(ws)
+    files = [f.path for f in client.list_artifacts(run_id, "certificate")]
+    if not files:
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="unlearnflow-cert-") as tmp:
+        return Path(client.download_artifacts(run_id, files[0], tmp)).read_bytes()
+
+
+def get_version(ws: Workspace, registered_model: str, version: str | None):
+    """A registered version by number, or None (no number, or no such version)."""
+    if not version:
+        return None
+    try:
+        return client_for(ws).get_model_version(registered_model, str(version))
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def find_erasure_version(ws: Workspace, registered_model: str, erasure_id: str) -> dict | None:
+    """The version an earlier, interrupted attempt of ``erasure_id`` registered, if any."""
+    client = client_for(ws)
+    try:
+        versions = client.search_model_versions(f"name = '{registered_model}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for v in versions:
+        v = client.get_model_version(registered_model, v.version)
+        if v.tags.get("erasure_id") == erasure_id:
+            run = client.get_run(v.run_id)
+            return {"run_id": v.run_id, "version": str(v.version), "experiment_id": run.info.experiment_id}
+    return None
+
+
+def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_version: str) -> dict:
+    """Tags of an erase run (and, those starting with ``erasure``, of its version)."""
+    return {
+        "erasure_id": erasure_id,
+        "erasure_requests": ",".join(r["request_id"] for r in resolved["requests"]),
+        "erasure_unmatched": ",".join(resolved["unmatched"]),
+        "affected_shards": ",".join(affected) or "none",
+        "affected_slices": json.dumps({k: v["first_retrained_slice"] for k, v in affected.items()}),
+        "resumed_from": json.dumps({k: v["resumed_from_checkpoint"] for k, v in affected.items()}),
+        "previous_version": previous_version,
+    }
 
 
 def version_history(ws: Workspace, registered_model: str, start: str | None = None) -> list[dict]:

@@ -1,9 +1,13 @@
 """`unlearnflow verify`: check an erasure's promises from the workspace and MLflow alone.
 
-1. no erased record is in any manifest that fed a current constituent;
+1. no record of any filed request (erased, or still pending) is in any manifest that fed
+   a current constituent;
 2. manifest and model md5s agree across the files, dvc.lock, the latest certificate
-   and the registered production version (its tags and its stored model files);
-3. the certificate chain is intact;
+   and the registered production version (its tags and its stored model files), and
+   production is not older than the latest certificate's version;
+3. the certificate chain is intact and signed by this workspace's key (the one MLflow
+   recorded), and every certificate equals its committed git blob and its copy in its
+   MLflow run; no certificate that git or MLflow knows is missing;
 4. with ``retrain``: the constituents the latest erasure retrained, trained again from
    scratch on their manifests, are bitwise identical to the served ones.
 """
@@ -37,19 +41,25 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     certs = certificates.certificate_files(layout.certificates)
     latest = json.loads(certs[-1].read_text()) if certs else None
 
-    # 1. erased records
-    erased = set(ws.tombstones()) | ws.ledger().read().erased_records()
+    # 1. erased records, and records of requests still pending
+    ledger = ws.ledger().read()
+    erased = set(ws.tombstones()) | ledger.erased_records()
     for path in certs:
         erased |= set(json.loads(path.read_text()).get("erased_record_ids", []))
+    pending = _pending_records(ws, ledger)
     found = {}
     for k in params.partition.shards:
         manifest = json.loads(layout.shard_manifest(k).read_text())
-        hits = [r["record_id"] for r in manifest["records"] if r["record_id"] in erased]
+        hits = [r["record_id"] for r in manifest["records"] if r["record_id"] in erased or r["record_id"] in pending]
         if hits:
             found[k] = hits
-    checks.append(Check("no erased record in a current manifest", not found,
-                        f"{len(erased)} erased record ids checked against {len(params.partition.shards)} manifests"
-                        + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}" if found else "")))
+    checks.append(Check("no record of a filed request in a current manifest", not found,
+                        f"{len(erased)} erased and {len(pending)} pending record ids checked against "
+                        f"{len(params.partition.shards)} manifests"
+                        + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}"
+                           + (f" (pending: {', '.join(sorted({pending[r] for h in found.values() for r in h if r in pending}))}"
+                              f"; run `unlearnflow erase`)" if any(r in pending for h in found.values() for r in h)
+                              else "") if found else "")))
 
     # 2. hashes agree
     from tasks.tracking import production_version
@@ -86,13 +96,29 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
                         f"{mv.tags.get('dvc_lock_md5')}")
     if mv is None:
         problems.append("no production model version in MLflow")
+    elif latest and latest.get("new_version") and int(mv.version) < int(latest["new_version"]):
+        problems.append(f"production v{mv.version} is older than v{latest['new_version']}, the version the latest "
+                        f"certificate ({certs[-1].name}) made: it was trained before that erasure")
+    if mv is not None and mv.tags.get("purged"):
+        problems.append(f"production v{mv.version}'s model files were purged ({mv.tags['purged']})")
     checks.append(Check("hashes agree across files, dvc.lock, certificate and registered model", not problems,
                         "; ".join(problems[:4]) or f"{len(params.partition.shards)} constituents, "
                         f"production v{mv.version if mv else '-'}, certificate {certs[-1].name if certs else '-'}"))
 
-    # 3. chain
-    chain = certificates.verify_chain(layout.certificates)
-    checks.append(Check("certificate chain intact", not chain, "; ".join(chain) or f"{len(certs)} certificate(s)"))
+    # 3. chain, signatures, and the copies in git and MLflow
+    from tasks.tracking import client_for
+
+    pinned = client_for(ws).get_registered_model(params.tracking.registered_model).tags.get("certificate_public_key") \
+        if mv is not None else None
+    key = ws.public_key()
+    chain = certificates.verify_chain(layout.certificates, pinned or key)
+    if pinned and key and pinned != key:
+        chain.append(f"this workspace's signing key {key[:12]}… is not the one MLflow recorded ({pinned[:12]}…)")
+    checks.append(Check("certificate chain intact and signed", not chain,
+                        "; ".join(chain) or f"{len(certs)} certificate(s)"))
+    copies = _certificate_copies(ws, params.tracking.registered_model, certs)
+    checks.append(Check("certificates equal their git and MLflow copies; none missing", not copies,
+                        "; ".join(copies[:4]) or f"{len(certs)} certificate(s) = committed blob = MLflow copy"))
 
     # 4. retrain
     if retrain:
@@ -109,6 +135,63 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
                             f"shards {shards} retrained without checkpoints"
                             + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical")))
     return checks
+
+
+def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
+    """record_id -> request_id for forget requests not yet carried out, matched against the
+    current training split (what the manifests were made from)."""
+    from unlearnflow.erasure import resolve
+    from unlearnflow.stages import load_split
+
+    todo = [r for r in ledger.requests.values() if r.request.kind == "forget" and r.status != "resolved"
+            and r.status != "unmatched"]
+    if not todo or not ws.layout.split_table("train").is_file():
+        return {}
+    train = load_split(ws.layout, "train")
+    return {rid: r.request.request_id for r in todo for rid in resolve(r.request, train, ws.secret_key())}
+
+
+def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
+    """Each certificate against the blob git committed and the copy its MLflow run holds;
+    certificates that git's HEAD or an MLflow erase run has but the folder lacks."""
+    from tasks.tracking import client_for, logged_certificate
+
+    problems = []
+    rel = ws.layout.rel(ws.layout.certificates)
+    committed = set(lineage.git(ws.root, "ls-tree", "--name-only", "HEAD", f"{rel}/", check=False).stdout.split())
+    on_disk = {f"{rel}/{p.name}" for p in certs}
+    for path in sorted(committed - on_disk):
+        problems.append(f"{path} is committed to git but missing from the workspace")
+    client = client_for(ws)
+    runs = {}
+    try:
+        for v in client.search_model_versions(f"name = '{name}'"):
+            eid = client.get_model_version(name, v.version).tags.get("erasure_id")
+            if eid:
+                runs[eid] = v.run_id
+    except Exception:  # no registered model yet
+        pass
+    known = set()
+    for path in certs:
+        data = path.read_bytes()
+        eid = json.loads(data).get("erasure_id")
+        known.add(eid)
+        key = f"{rel}/{path.name}"
+        if key in committed:
+            blob = lineage.git(ws.root, "show", f"HEAD:{key}", check=False).stdout.encode()
+            if blob != data:
+                problems.append(f"{path.name} differs from the blob committed to git")
+        else:
+            problems.append(f"{path.name} is not committed to git")
+        copy = logged_certificate(ws, runs[eid]) if eid in runs else None
+        if copy is None:
+            problems.append(f"{path.name}: its MLflow run holds no copy")
+        elif copy != data:
+            problems.append(f"{path.name} differs from the copy logged to its MLflow run")
+    for eid in sorted(set(runs) - known):
+        if logged_certificate(ws, runs[eid]) is not None:
+            problems.append(f"MLflow holds the certificate of erasure {eid}, the workspace does not")
+    return problems
 
 
 def _latest_exact_version(ws: Workspace, name: str):

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from unlearnflow import signing
 from unlearnflow.config import Params, parse_params
+from unlearnflow.durable import Journal, WorkspaceLock
 from unlearnflow.errors import ConfigError, UnlearnflowError
 from unlearnflow.erasure import read_tombstones
 from unlearnflow.layout import Layout
@@ -23,6 +25,10 @@ from unlearnflow.ledger import Ledger
 
 class NotAWorkspace(UnlearnflowError):
     pass
+
+
+class WorkspaceMoved(UnlearnflowError):
+    """The workspace's MLflow store still points into the folder it was copied or moved from."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,30 @@ class Workspace:
             raw = yaml.safe_load(self.params_path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{self.params_path} is not valid YAML: {e}") from e
-        return parse_params(raw)
+        params = parse_params(raw)
+        self._check_stage_params(raw or {})
+        return params
+
+    def _check_stage_params(self, raw: dict) -> None:
+        """Every params.yaml key a dvc.yaml stage reads must be written out (DVC does not know
+        our defaults): name the missing one instead of letting `dvc commit` fail later."""
+        dvc_yaml = self.root / "dvc.yaml"
+        if not dvc_yaml.is_file():
+            return
+        try:
+            stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{dvc_yaml} is not valid YAML: {e}") from e
+        for stage, body in stages.items():
+            body = body.get("do", body) if isinstance(body, dict) else {}  # foreach stages: the template
+            for key in (e for e in body.get("params", []) if isinstance(e, str)):
+                node = raw
+                for part in key.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise ConfigError(
+                            f"{self.params_path} has no `{key}` (dvc.yaml's stage {stage} reads it); add it: "
+                            f"`unlearnflow init` writes a params.yaml with every section")
+                    node = node[part]
 
     def secret_key(self) -> bytes:
         """The HMAC key for subject and file pseudonyms: UNLEARNFLOW_SUBJECT_KEY, else
@@ -73,8 +102,70 @@ class Workspace:
                 os.fsync(f.fileno())
         return path.read_text().strip().encode()
 
+    def signing_key(self) -> bytes:
+        """The Ed25519 key that signs certificates: UNLEARNFLOW_SIGNING_KEY (64 hex digits), else
+        .unlearnflow/signing.key (git-ignored), created on first use. Back it up like the subject key."""
+        env = os.environ.get("UNLEARNFLOW_SIGNING_KEY")
+        if env:
+            try:
+                key = bytes.fromhex(env.strip())
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise ConfigError("UNLEARNFLOW_SIGNING_KEY must be 64 hex digits (a raw Ed25519 private key)")
+            return key
+        path = self.layout.signing_key
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it just now
+                return bytes.fromhex(path.read_text().strip())
+            with os.fdopen(fd, "w") as f:
+                f.write(signing.new_private_key().hex())
+                f.flush()
+                os.fsync(f.fileno())
+        return bytes.fromhex(path.read_text().strip())
+
+    def public_key(self) -> str | None:
+        """This workspace's certificate-signing public key, or None if it has no key yet."""
+        if not os.environ.get("UNLEARNFLOW_SIGNING_KEY") and not self.layout.signing_key.exists():
+            return None
+        return signing.public_key(self.signing_key())
+
     def ledger(self) -> Ledger:
-        return Ledger(self.layout.ledger)
+        return Ledger(self.layout.ledger, aside_dir=self.layout.private / "ledger-torn")
+
+    def journal(self) -> Journal:
+        return Journal(self.layout.journal)
+
+    def lock(self, command: str, wait: bool = True, notify=None) -> WorkspaceLock:
+        """One writer at a time (see ``unlearnflow.durable.WorkspaceLock``)."""
+        return WorkspaceLock(self.layout.private / "lock", command, wait=wait, notify=notify)
+
+    def check_location(self) -> None:
+        """Refuse to write in a copy (or a move) of a workspace whose SQLite MLflow store still
+        keeps artifacts in the original folder: its model files would land there."""
+        if os.environ.get("UNLEARNFLOW_TRACKING_URI") or not (self.root / "mlflow.db").is_file():
+            return
+        import sqlite3
+        import urllib.parse
+
+        try:
+            with sqlite3.connect(f"file:{self.root / 'mlflow.db'}?mode=ro", uri=True) as db:
+                rows = db.execute("select artifact_location from experiments where lifecycle_stage = 'active' "
+                                  "and artifact_location like 'file:%'").fetchall()
+        except sqlite3.Error:
+            return  # not our store (or not yet created): MLflow itself will say more
+        expected = self.root / "mlruns"
+        for (location,) in rows:
+            path = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+            if path.name == "mlruns" and path != expected:
+                raise WorkspaceMoved(
+                    f"this workspace was copied or moved from {path.parent}: its MLflow store (mlflow.db) keeps "
+                    f"model files in {path}, so writing here would change the other workspace. Nothing was "
+                    f"written. Work in {path.parent}, or make a new workspace with `unlearnflow init` "
+                    f"(read-only commands still work here)")
 
     def pending_requests(self) -> list:
         from unlearnflow.certificates import completed_requests

@@ -53,11 +53,13 @@ def digits():
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One isolated temporary Prefect API for the session (about 15 s to start)."""
+    """One isolated temporary Prefect API for the session (about 15 s to start); yields its
+    URL, for subprocesses (PREFECT_API_URL)."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield prefect.settings.PREFECT_API_URL.value()
 
 
 def cli(*args: str) -> int:

@@ -137,6 +137,20 @@ def test_no_raw_subject_id_anywhere_in_the_workspace_git_history_or_mlflow(erase
     assert b"player-17" not in history and b"person-" not in history
 
 
+def test_no_raw_file_name_in_certificates_ledger_git_history_or_mlflow(erased):
+    """Issue 10, defect 9: file names are personal data; only their pseudonyms are written."""
+    root = erased["ws"].root
+    names = {n: n.rsplit(".", 1)[0].encode() for n in PLAYER_FILES}
+    cert = json.loads(open(erased["result"]["certificate"]).read())
+    assert len(cert["purged"]["files_deleted"]) == 3
+    assert all(f.startswith("p") and len(f) == 25 for f in cert["purged"]["files_deleted"])
+    places = [root / "lineage", root / "ledger", root / "mlruns"]
+    assert [hit for place in places for hit in search_tree(place, names)] == []
+    assert all(needle not in (root / "mlflow.db").read_bytes() for needle in names.values())
+    history = subprocess.run(["git", "log", "-p", "--all"], cwd=root, capture_output=True, check=True).stdout
+    assert all(needle not in history for needle in names.values())
+
+
 def test_the_erased_images_bytes_are_gone_from_workspace_cache_checkpoints_and_source(erased):
     root = erased["ws"].root
     assert search_tree(root, erased["needles"]) == []

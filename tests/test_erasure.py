@@ -16,6 +16,7 @@ from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
 from unlearnflow.training import ModelSpec, train_constituent
 
 KEY = b"test-secret"
+SIGNER = bytes(range(32))  # a fixed Ed25519 private key for the tests
 T = "2026-01-01T00:00:00+00:00"
 
 
@@ -122,7 +123,7 @@ def test_erasing_a_subject_retrains_its_shard_from_its_slice_and_equals_training
 def test_certificate_chain_detects_edits_and_removals(tmp_path):
     d = tmp_path / "certs"
     for i in range(3):
-        certificates.write_certificate(d, {"erasure_id": f"e{i}", "requests": [{"request_id": f"r{i}"}]})
+        certificates.write_certificate(d, {"erasure_id": f"e{i}", "requests": [{"request_id": f"r{i}"}]}, SIGNER)
     assert certificates.verify_chain(d) == []
     assert certificates.completed_requests(d) == {"r0", "r1", "r2"}
     files = certificates.certificate_files(d)

@@ -1,11 +1,15 @@
-"""Erasure certificates: one JSON file per erasure, hash-chained to the previous one.
+"""Erasure certificates: one JSON file per erasure, hash-chained and signed.
 
 ``lineage/certificates/0001-<erasure_id>.json`` holds what was erased (request ids,
 pseudonymous record ids), what changed (shards, first retrained slice, the
-checkpoint each shard resumed from), and what now serves (manifest and model
-md5s, dvc.lock md5, git commit, model versions). ``previous_sha256`` is the
-SHA-256 of the previous certificate file's bytes, so editing or removing any
-certificate breaks every later link. The same file is logged to MLflow.
+checkpoint each shard resumed from, model md5 before and after: ``affected_shards``
+derives these from the constituents before and after, never from what one process
+happened to train), and what now serves (manifest and model md5s, dvc.lock md5, git
+commit, model versions). ``previous_sha256`` is the SHA-256 of the previous
+certificate file's bytes, so editing or removing any certificate breaks every later
+link; ``signature`` is the workspace key's Ed25519 signature over the rest
+(``signing.py``), so even the newest one cannot be rewritten unseen. The same file is
+committed to git and logged to MLflow; ``verify`` compares all three.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from unlearnflow import signing
+from unlearnflow.durable import atomic_write
 from unlearnflow.hashing import canonical_json, sha256_hex
 
-FORMAT = "unlearnflow.erasure_certificate/1"
+FORMAT = "unlearnflow.erasure_certificate/2"  # /1: unsigned (before signatures)
 
 
 def certificate_files(directory: Path) -> list[Path]:
@@ -27,8 +33,36 @@ def latest(directory: Path) -> dict | None:
     return json.loads(files[-1].read_text()) if files else None
 
 
-def write_certificate(directory: Path, body: dict) -> Path:
-    """Append the next certificate to the chain; returns its path."""
+def find(directory: Path, erasure_id: str) -> Path | None:
+    """The certificate of ``erasure_id``, if it was written."""
+    hits = sorted(Path(directory).glob(f"[0-9][0-9][0-9][0-9]-{erasure_id}.json"))
+    return hits[0] if hits else None
+
+
+def affected_shards(before: dict, after: dict) -> dict:
+    """Shards whose constituent changed, from {shard: {"slice_keys", "model_md5", "manifest_md5"}}
+    before and after: the first slice whose key changed (1-based), the checkpoint training
+    resumed from (the key of the slice before it; None = from scratch), both model md5s."""
+    out = {}
+    for shard, new in sorted(after.items(), key=lambda kv: int(kv[0])):
+        old = before.get(shard) or {}
+        if old.get("model_md5") == new["model_md5"]:
+            continue
+        old_keys, new_keys = old.get("slice_keys") or [], new["slice_keys"]
+        first = next((i for i, key in enumerate(new_keys) if i >= len(old_keys) or old_keys[i] != key), len(new_keys))
+        out[shard] = {
+            "first_retrained_slice": first + 1,
+            "resumed_from_checkpoint": new_keys[first - 1] if first > 0 else None,
+            "previous_model_md5": old.get("model_md5"),
+            "model_md5": new["model_md5"],
+            "manifest_md5": new.get("manifest_md5"),
+        }
+    return out
+
+
+def write_certificate(directory: Path, body: dict, private_key: bytes) -> Path:
+    """Append the next certificate to the chain, signed; returns its path. Atomic: a crash
+    leaves either no certificate or the whole one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = certificate_files(directory)
@@ -36,15 +70,18 @@ def write_certificate(directory: Path, body: dict) -> Path:
         "format": FORMAT,
         "sequence": len(files) + 1,
         "previous_sha256": sha256_hex(files[-1].read_bytes()) if files else None,
+        "signer_public_key": signing.public_key(private_key),
         **body,
     }
+    cert["signature"] = signing.sign(private_key, cert)
     path = directory / f"{cert['sequence']:04d}-{body['erasure_id']}.json"
-    path.write_bytes(canonical_json(cert) + b"\n")
+    atomic_write(path, canonical_json(cert) + b"\n")
     return path
 
 
-def verify_chain(directory: Path) -> list[str]:
-    """Problems with the chain (empty list = intact)."""
+def verify_chain(directory: Path, public_key: str | None = None) -> list[str]:
+    """Problems with the chain (empty list = intact): sequence, links, canonical form and,
+    for signed certificates, the signature (by ``public_key`` when given)."""
     problems = []
     previous = None
     for n, path in enumerate(certificate_files(directory), 1):
@@ -61,6 +98,12 @@ def verify_chain(directory: Path) -> list[str]:
             problems.append(f"{path.name}: previous_sha256 does not match {previous.name if previous else 'nothing'}")
         if path.read_bytes() != canonical_json(cert) + b"\n":
             problems.append(f"{path.name}: not in canonical form (edited by hand?)")
+        if cert.get("format") != "unlearnflow.erasure_certificate/1":
+            signer = cert.get("signer_public_key")
+            if not signer or not signing.verify(signer, cert):
+                problems.append(f"{path.name}: signature does not match its content")
+            elif public_key and signer != public_key:
+                problems.append(f"{path.name}: signed by key {signer[:12]}…, not this workspace's {public_key[:12]}…")
         previous = path
     return problems
 
@@ -69,3 +112,29 @@ def completed_requests(directory: Path) -> set[str]:
     """Ids of every request some certificate lists: these are done."""
     return {r["request_id"] for path in certificate_files(directory)
             for r in json.loads(path.read_text()).get("requests", [])}
+
+
+def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, after: dict, lineage: dict,
+         previous_version: str, new_version: str, registered_model: str, metrics: dict, audit: dict,
+         purged: dict, superseded: str) -> dict:
+    """What a certificate says, from the state before and after the erasure (``after``:
+    ``snapshot`` of the constituents now; ``affected``: ``affected_shards``)."""
+    return {
+        "erasure_id": erasure_id,
+        "created_at": created_at,
+        "requests": resolved["requests"],
+        "unmatched_requests": resolved["unmatched"],
+        "erased_record_ids": resolved["erased_records"],
+        "affected_shards": affected,
+        "constituents": {k: {"manifest_md5": c["manifest_md5"], "model_md5": c["model_md5"]} for k, c in after.items()},
+        "dvc_lock_md5": lineage["dvc_lock_md5"],
+        "data_version": lineage["data_version"],
+        "git_commit": lineage["git_commit"],
+        "previous_version": previous_version,
+        "new_version": new_version,
+        "registered_model": registered_model,
+        "metrics": metrics,
+        "purged": purged,
+        "audit": audit,
+        "superseded_versions": superseded,
+    }

@@ -9,7 +9,8 @@
     metrics/eval.json                               evaluate   per-shard and ensemble accuracy
     checkpoints/<key>.pt                            (not DVC)  slice checkpoints, by content key
     lineage/certificates/<n>-<erasure>.json         (git)      hash-chained erasure certificates
-    .unlearnflow/                                   (ignored)  subject key, tombstones of erased records
+    .unlearnflow/                                   (ignored)  subject and signing keys, tombstones of erased
+                                                               records, the journal, the workspace lock
 """
 
 from __future__ import annotations
@@ -92,3 +93,12 @@ class Layout:
     @property
     def tombstones(self) -> Path:
         return self.private / "tombstones.jsonl"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.private / "signing.key"
+
+    @property
+    def journal(self) -> Path:
+        """The erasure (or fast path) in progress, if any: what an interrupted one had done."""
+        return self.private / "journal.json"

@@ -19,7 +19,7 @@ import numpy as np
 
 from unlearnflow.config import DataConfig
 from unlearnflow.datasets._registry import register_dataset
-from unlearnflow.errors import ConfigError
+from unlearnflow.errors import ConfigError, PrivateDetailError
 from unlearnflow.hashing import sha256_hex
 from unlearnflow.records import RecordSet
 
@@ -51,14 +51,20 @@ def load_imagefolder(cfg: DataConfig, arg: str | None) -> RecordSet:
     subjects = read_subjects_csv(Path(cfg.subjects_csv)) if cfg.subjects_csv else {}
     size = cfg.image_size
     images, labels, ids, subject_ids, sources = [], [], [], [], []
-    for path, label in folder.samples:
+    for n, (path, label) in enumerate(folder.samples):
         path = Path(path)
         rel = path.relative_to(root).as_posix()
         raw = path.read_bytes()
         rid = sha256_hex(f"{label}:".encode() + raw)[:16]
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            images.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))  # (3, H, W)
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))  # (3, H, W)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated, zero-byte
+            raise PrivateDetailError(
+                f"data.dataset = 'imagefolder:{arg}': file {n + 1} of {len(folder.samples)} (class folder "
+                f"{folder.classes[label]!r}, {len(raw)} bytes) is not a readable image ({type(e).__name__}); "
+                f"fix or remove it", local_detail=f"the file: {rel}") from None
         labels.append(label)
         ids.append(rid)
         subject_ids.append(subjects.get(rel, subjects.get(path.name, f"file:{rid}")))

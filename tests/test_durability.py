@@ -1,0 +1,174 @@
+"""Crash safety of the core: the ledger never loses or garbles an acknowledged request,
+certificates are signed so that even the newest cannot be rewritten unseen, what a
+certificate says about shards comes from the state, one writer holds a workspace."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unlearnflow import certificates, signing
+from unlearnflow.durable import Journal, WorkspaceBusy, WorkspaceLock, atomic_write
+from unlearnflow.hashing import canonical_json
+from unlearnflow.ledger import Ledger, LedgerError, Request
+
+T = "2026-01-01T00:00:00+00:00"
+KEY = bytes(range(32))
+
+
+def filed(n: int) -> Request:
+    return Request("forget", records=(f"rec{n}",))
+
+
+# ---- issue 10, defect 1: a torn ledger line ------------------------------------------------
+
+def test_a_torn_last_line_is_set_aside_and_never_glued_onto_or_lost(tmp_path):
+    ledger = Ledger(tmp_path / "ledger" / "requests.jsonl", aside_dir=tmp_path / "aside")
+    acknowledged = [ledger.file(filed(i), T)[0] for i in range(3)]
+    data = ledger.path.read_bytes()
+    cut = data[: len(data) - 25]  # a crash (or a full disk) mid-append leaves half a line
+    ledger.path.write_bytes(cut)
+    state = ledger.read()  # readers skip the torn line, and say so
+    assert list(state.requests) == acknowledged[:2] and state.torn
+    later = [ledger.file(filed(i), T)[0] for i in (3, 4)]  # the next filings are not glued onto it
+    assert ledger.set_aside is None  # (the first of them set it aside already)
+    state = ledger.read()
+    assert list(state.requests) == acknowledged[:2] + later and not state.torn
+    aside = list((tmp_path / "aside").iterdir())
+    assert len(aside) == 1 and aside[0].read_bytes() == cut.split(b"\n")[-1]
+    assert all(json.loads(line)["sum"] for line in ledger.path.read_text().splitlines())
+
+
+def test_the_filing_that_repairs_a_torn_ledger_says_where_the_torn_line_went(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl", aside_dir=tmp_path / "aside")
+    ledger.file(filed(0), T)
+    with open(ledger.path, "a") as f:
+        f.write('{"event": "filed", "request_id": "rX", "req')
+    ledger.file(filed(1), T)
+    assert ledger.set_aside is not None and ledger.set_aside.read_bytes().startswith(b'{"event": "filed"')
+
+
+def test_a_complete_last_event_missing_only_its_newline_is_kept(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl")
+    first = ledger.file(filed(0), T)[0]
+    second = ledger.file(filed(1), T)[0]
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-1])  # the crash hit between the line and its newline
+    assert list(ledger.read().requests) == [first, second]
+    third = ledger.file(filed(2), T)[0]
+    assert list(ledger.read().requests) == [first, second, third] and ledger.set_aside is None
+
+
+def test_a_damaged_line_in_the_middle_is_an_error_that_names_it(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl")
+    for i in range(3):
+        ledger.file(filed(i), T)
+    lines = ledger.path.read_text().splitlines()
+    lines[1] = lines[1].replace("rec1", "rec9")  # valid JSON, wrong checksum: edited by hand
+    ledger.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LedgerError, match=r"requests.jsonl:2 is not an intact ledger event"):
+        ledger.read()
+
+
+def test_filing_is_acknowledged_only_with_the_complete_line_on_disk(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl")
+    rid, new = ledger.file(filed(0), T)
+    line = ledger.path.read_bytes()
+    assert new and line.endswith(b"\n") and line.count(b"\n") == 1 and rid.encode() in line
+
+
+# ---- issue 10, defect 5: signed certificates --------------------------------------------
+
+def write_chain(d, n=3):
+    for i in range(n):
+        certificates.write_certificate(d, {"erasure_id": f"e{i}", "erased_record_ids": [f"x{i}", f"y{i}"],
+                                           "requests": [{"request_id": f"r{i}"}]}, KEY)
+
+
+def test_rewriting_the_newest_certificate_in_canonical_form_breaks_its_signature(tmp_path):
+    write_chain(tmp_path)
+    assert certificates.verify_chain(tmp_path, signing.public_key(KEY)) == []
+    newest = certificates.certificate_files(tmp_path)[-1]
+    cert = json.loads(newest.read_text())
+    cert["erased_record_ids"].remove("y2")  # one erased record id removed, canonical form kept
+    newest.write_bytes(canonical_json(cert) + b"\n")
+    assert certificates.verify_chain(tmp_path) == [f"{newest.name}: signature does not match its content"]
+
+
+def test_a_chain_signed_by_another_key_is_reported(tmp_path):
+    write_chain(tmp_path, 1)
+    other = signing.public_key(signing.new_private_key())
+    assert "not this workspace's" in certificates.verify_chain(tmp_path, other)[0]
+
+
+# ---- issue 10, defect 2: what a certificate says comes from the state -------------------
+
+def test_affected_shards_are_derived_from_the_constituents_before_and_after():
+    before = {"0": {"slice_keys": ["a", "b", "c"], "model_md5": "m0"},
+              "1": {"slice_keys": ["d", "e", "f"], "model_md5": "m1"},
+              "2": {"slice_keys": ["g", "h", "i"], "model_md5": "m2"}}
+    after = {"0": {"slice_keys": ["a", "b", "c"], "model_md5": "m0", "manifest_md5": "q0"},
+             "1": {"slice_keys": ["d", "E", "F"], "model_md5": "M1", "manifest_md5": "q1"},
+             "2": {"slice_keys": ["G", "H", "I"], "model_md5": "M2", "manifest_md5": "q2"}}
+    affected = certificates.affected_shards(before, after)
+    assert list(affected) == ["1", "2"]
+    assert affected["1"] == {"first_retrained_slice": 2, "resumed_from_checkpoint": "d", "previous_model_md5": "m1",
+                             "model_md5": "M1", "manifest_md5": "q1"}
+    assert affected["2"]["first_retrained_slice"] == 1 and affected["2"]["resumed_from_checkpoint"] is None
+    # whichever process trained them: the same state gives the same answer
+    assert certificates.affected_shards(before, after) == affected
+
+
+# ---- journal and lock ---------------------------------------------------------------
+
+def test_the_journal_names_the_last_step_done_and_is_gone_when_finished(tmp_path):
+    journal = Journal(tmp_path / "journal.json")
+    state = journal.begin({"kind": "erase", "erasure_id": "e1"})
+    state = journal.update(state, "resolved")
+    state = journal.update(state, "computed", version="3")
+    assert journal.read() == {"kind": "erase", "erasure_id": "e1", "steps": ["resolved", "computed"], "version": "3"}
+    journal.finish()
+    assert journal.read() is None
+
+
+def test_atomic_write_leaves_old_or_new_bytes(tmp_path):
+    path = tmp_path / "f.json"
+    atomic_write(path, b"old")
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+HOLD = """
+import sys, time
+from unlearnflow.durable import WorkspaceLock
+with WorkspaceLock(sys.argv[1], "holder"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_one_writer_at_a_time_and_a_dead_holders_lock_is_free(tmp_path):
+    path = tmp_path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkspaceBusy, match=r"`holder` \(pid \d+"):
+            with WorkspaceLock(path, "second", wait=False):
+                pass
+        messages = []
+        with pytest.raises(WorkspaceBusy, match="gave up after"):
+            with WorkspaceLock(path, "third", notify=messages.append, timeout=0.5):
+                pass
+        assert messages and "waiting for `holder`" in messages[0]
+        os.kill(holder.pid, signal.SIGKILL)  # kill -9: no clean-up runs
+        holder.wait()
+        t0 = time.monotonic()
+        with WorkspaceLock(path, "after", wait=False):  # the kernel dropped the dead holder's lock
+            with WorkspaceLock(path, "nested", wait=False):  # re-entrant in one process
+                pass
+        assert time.monotonic() - t0 < 1
+    finally:
+        holder.kill()
