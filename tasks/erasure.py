@@ -183,7 +183,7 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
     from unlearnflow.aggregators import aggregate
     from unlearnflow.audit import Outputs
     from unlearnflow.audit.lira import train_references
-    from unlearnflow.audit.report import audit, confidence_histogram
+    from unlearnflow.audit.report import audit_ensembles, confidence_histogram, histogram_panels
 
     t0 = time.perf_counter()
     ws = Workspace(root)
@@ -201,16 +201,10 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
 
     cache = OutputCache(ws.layout.outputs_cache)  # a constituent both versions share is scored once
 
-    def outputs(paths: list[str]) -> dict:
-        """Softmax-mean outputs of the ensemble of ``paths`` on every set (the forget
-        set's are kept in memory only)."""
-        return {name: Outputs(aggregate(np.stack(cache.probabilities(
-                    paths, rs, workers=params.runner.workers, persist=name != "forget")), "softmax_mean"),
-                    rs.labels, rs.record_ids)
-                for name, rs in sets.items()}
-
-    def run_audit(out: dict) -> dict:
-        return audit(out["forget"], out["train"], out["test"], out["holdout"], references)
+    def outputs(paths: list[str], name: str, records) -> Outputs:
+        """Softmax-mean outputs of the ensemble of ``paths`` (the forget set's kept in memory only)."""
+        probs = cache.probabilities(paths, records, workers=params.runner.workers, persist=name != "forget")
+        return Outputs(aggregate(np.stack(probs), "softmax_mean"), records.labels, records.record_ids)
 
     if current_files:
         current_paths = current_files["paths"]
@@ -218,19 +212,13 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
         load_ensemble(ws.layout)  # checks the constituents' md5s against ensemble.json
         spec = json.loads(ws.layout.ensemble.read_text())
         current_paths = [str(ws.layout.root / c["path"]) for c in spec["constituents"]]
-    after = outputs(current_paths)
-    report = run_audit(after)
-    before, report_before = None, None
-    if previous_files:
-        before = outputs(previous_files["paths"])
-        report_before = run_audit(before)
+    audited = audit_ensembles(sets, outputs, current_paths, previous_files["paths"] if previous_files else None,
+                              references)
+    report, report_before = audited["after"], audited["before"]
+    after = audited["outputs_after"]
     png = None
     if histogram:
-        titles = titles or (f"after erasure {eid}", "before")
-        label = {"forget": "forget (erased)", "train": "retain", "test": "test"}
-        panels = {titles[0]: {label[k]: v for k, v in after.items() if k in label}}
-        if before:
-            panels[titles[1]] = {label[k]: v for k, v in before.items() if k in label}
+        panels = histogram_panels(titles or (f"after erasure {eid}", "before"), after, audited["outputs_before"])
         png = confidence_histogram(
             ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
             else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)

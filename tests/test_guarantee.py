@@ -449,3 +449,28 @@ def test_a_crash_at_any_step_is_recovered_by_the_next_command(prefect_server, tm
         assert cert["affected_shards"] and set(cert["affected_shards"]) == changed_shards(before, cert), step
         assert str(production(root).version) == cert["new_version"], step
         assert cli("verify", "-C", str(root)) == 0, (step, capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("step, rolled_back", [("served", True), ("recorded", False)])
+def test_a_crashed_fast_path_is_rolled_back_or_finished_by_the_next_command(prefect_server, tmp_path, capsys,
+                                                                             step, rolled_back):
+    root = trained_workspace(tmp_path / "ws")
+    base = str(production(root).version)
+    proc = unlearnflow(root, "forget", "--subject", train_subjects(root)[0], "--method", "finetune",
+                       "--exact", "later", api=prefect_server, UNLEARNFLOW_CRASH_AT=step)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    approximate = str(production(root).version)
+    assert approximate != base  # it was served before the crash
+    capsys.readouterr()
+    assert cli("erase", "-C", str(root)) == 0
+    err = capsys.readouterr().err
+    tags = client_for(Workspace(root)).get_model_version(MODEL, approximate).tags
+    if rolled_back:  # no record yet: undone, and tagged so
+        assert f"rolled back: v{approximate} tagged abandoned, production is v{base} again" in err
+        assert "abandoned" in tags
+    else:  # its record was written: kept, and committed
+        assert "its record was written; committed it" in err and "abandoned" not in tags
+        assert not lineage.git_is_dirty(root)
+    assert int(production(root).version) > int(approximate)  # then the exact erasure served
+    assert cli("verify", "-C", str(root)) == 0

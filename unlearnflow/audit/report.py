@@ -44,6 +44,31 @@ def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs,
     return report
 
 
+def audit_ensembles(sets: dict, outputs, current, previous=None, references: References | None = None) -> dict:
+    """Audit an ensemble (``current``) and, if given, the one it replaced (``previous``) on the
+    same record sets {forget, train, test, holdout}; ``outputs(ensemble, name, records)``
+    returns that ensemble's aggregated ``Outputs`` on one set. Returns the reports and the
+    outputs (for the histogram and the erased records' confidence)."""
+    def run(ensemble) -> tuple[dict, dict]:
+        out = {name: outputs(ensemble, name, records) for name, records in sets.items()}
+        return out, audit(out["forget"], out["train"], out["test"], out["holdout"], references)
+
+    after, report = run(current)
+    before, report_before = run(previous) if previous is not None else (None, None)
+    return {"after": report, "before": report_before, "outputs_after": after, "outputs_before": before}
+
+
+HISTOGRAM_LABELS = {"forget": "forget (erased)", "train": "retain", "test": "test"}
+
+
+def histogram_panels(titles: tuple[str, str], after: dict, before: dict | None = None) -> dict:
+    """The panels ``confidence_histogram`` draws: after (and before), forget/retain/test each."""
+    panels = {titles[0]: {HISTOGRAM_LABELS[k]: v for k, v in after.items() if k in HISTOGRAM_LABELS}}
+    if before:
+        panels[titles[1]] = {HISTOGRAM_LABELS[k]: v for k, v in before.items() if k in HISTOGRAM_LABELS}
+    return panels
+
+
 GAP_METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
 
 
