@@ -56,6 +56,16 @@ def snapshot(partition_cfg: PartitionConfig, root: str) -> dict:
     return out
 
 
+def served_snapshot(stored: dict) -> dict:
+    """The constituents a registered version serves (its stored files, ``stored_constituents``):
+    slice keys and model md5 of each, by shard."""
+    out = {}
+    for path in stored["paths"]:
+        meta = load_constituent(path)[1]
+        out[str(meta["shard"])] = {"slice_keys": meta["slice_keys"], "model_md5": md5_file(path)}
+    return out
+
+
 @task(name="begin-erasure", cache_policy=NO_CACHE)
 def begin(params: Params, root: str) -> dict | None:
     """The batch to erase: the interrupted one the journal names (``resumed``), else every
@@ -74,9 +84,12 @@ def begin(params: Params, root: str) -> dict | None:
         return None
     lock_md5 = lineage.lock_info(ws.root)["dvc_lock_md5"] if (ws.root / "dvc.lock").exists() else ""
     previous = tracking.production_version(ws, params.tracking.registered_model)
+    served = tracking.stored_constituents(ws, previous)
     ids = [r.request.request_id for r in pending]
     state = journal.begin({"kind": "erase", "erasure_id": erasure_id(ids, lock_md5), "request_ids": ids,
-                           "before": snapshot(params.partition, root), "before_dvc_lock_md5": lock_md5,
+                           # before = what production serves, not whatever files an interrupted run left
+                           "before": served_snapshot(served) if served else snapshot(params.partition, root),
+                           "before_dvc_lock_md5": lock_md5,
                            "previous_version": str(previous.version) if previous else "", "started_at": now()})
     return {**advance(ws, state, "begun"), "resumed": False}
 
