@@ -26,6 +26,7 @@ from unlearnflow.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
+FLOW_COMMANDS = ("train", "forget", "rectify", "erase", "demo", "audit", "serve")  # their imports take seconds
 WORKSPACE_GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n/.unlearnflow/\n/ledger/*.lock\n__pycache__/\n"
 
 
@@ -759,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     quiet_telemetry()
     args = build_parser().parse_args(argv)
+    if args.command in FLOW_COMMANDS and not (args.command in ("forget", "rectify") and args.no_wait):
+        print(f"unlearnflow {args.command}: loading torch, Prefect and MLflow …", file=sys.stderr, flush=True)
     from unlearnflow.errors import UnlearnflowError
 
     try:

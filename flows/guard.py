@@ -8,7 +8,9 @@
 3. one writer at a time: the workspace lock (waits, saying for whom, or refuses with
    ``wait=False``; a lock of a dead process is free: the kernel dropped it); git's own
    lock files left by a killed commit are removed;
-4. an operation a crash interrupted is finished (erasure) or rolled back (fast path)
+4. the Prefect API is up (``flows/prefect_api.py``: a temporary server with a start-up
+   budget, unless PREFECT_API_URL names one);
+5. an operation a crash interrupted is finished (erasure) or rolled back (fast path)
    first, with a one-line notice: the journal (``.unlearnflow/journal.json``) says which.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+from flows.prefect_api import ensure_prefect_api
 from tasks.workspace import Workspace
 from unlearnflow.preflight import check_names
 
@@ -38,6 +41,7 @@ def writing(workspace, command: str, wait: bool = True):
         removed = clear_stale_git_locks(ws.root)
         if removed:
             notice(f"removed {', '.join(removed)}, left by a git commit that was killed")
+        ensure_prefect_api(notice)  # every writing command runs flows: the API first, with a budget and a word
         recover(ws, params)
         yield ws, params
 

@@ -57,6 +57,10 @@ def client_for(ws: Workspace) -> MlflowClient:
 
 
 def setup(ws: Workspace, experiment: str) -> str:
+    if ws.tracking_uri.startswith("sqlite:") and not (ws.root / "mlflow.db").exists():
+        import logging
+
+        logging.getLogger("unlearnflow").info("creating the workspace's MLflow store (mlflow.db): a few seconds, once")
     client_for(ws)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:

@@ -102,6 +102,10 @@ def confidence_histogram(path: Path, panels: dict[str, dict[str, Outputs]]) -> P
     import matplotlib
 
     matplotlib.use("Agg")
+    if not list(Path(matplotlib.get_cachedir()).glob("fontlist-*.json")):
+        import logging
+
+        logging.getLogger("unlearnflow").info("matplotlib: building its font cache (first run only, ~10 s)")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)

@@ -1,0 +1,68 @@
+"""The Prefect API a command's flows talk to: the configured server (PREFECT_API_URL), else
+a temporary local one that this module starts, with a start-up budget that holds on a busy
+2-core machine and a line saying what is being waited for.
+
+Prefect gives its temporary server 20 s by default; creating a fresh Prefect database takes
+15-20 s on these machines, longer when the other core is busy, so a first run could die
+with a traceback. ``ensure_prefect_api`` starts the same server Prefect would (its
+``SubprocessASGIServer`` singleton, which Prefect then reuses) with
+``UNLEARNFLOW_PREFECT_STARTUP_SECONDS`` (default ``DEFAULT_BUDGET``) and turns a failure
+into one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from unlearnflow.errors import UnlearnflowError
+
+DEFAULT_BUDGET = 180.0  # seconds; see bench/results/first_run.md for what a first run takes
+
+
+class PrefectUnavailable(UnlearnflowError):
+    """The temporary Prefect server did not come up in time."""
+
+
+def startup_budget() -> float:
+    raw = os.environ.get("UNLEARNFLOW_PREFECT_STARTUP_SECONDS", "")
+    if not raw:
+        return DEFAULT_BUDGET
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise PrefectUnavailable(f"UNLEARNFLOW_PREFECT_STARTUP_SECONDS = {raw!r} is invalid: expected seconds > 0")
+    return value
+
+
+def ensure_prefect_api(notice) -> float | None:
+    """Start the temporary Prefect server unless an API is configured or already running.
+    Returns the seconds it took to become healthy (None if nothing was started)."""
+    import prefect.settings
+
+    if os.environ.get("PREFECT_API_URL") or prefect.settings.PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        return None
+    budget = startup_budget()
+    database = Path(prefect.settings.PREFECT_HOME.value()) / "prefect.db"
+    fresh = not database.exists()
+    notice("starting the local Prefect server" + (" — first run: creating its database" if fresh else "")
+           + f" (up to {budget:.0f}s; set PREFECT_API_URL to use a running server instead)")
+    t0 = time.perf_counter()
+    try:
+        server.start(timeout=max(1, round(budget)))
+    except Exception as e:  # Prefect raises RuntimeError with the server's whole output
+        raise PrefectUnavailable(
+            f"the local Prefect server did not become ready within {budget:.0f}s "
+            f"({str(e).splitlines()[0][:160]}); run the command again, raise UNLEARNFLOW_PREFECT_STARTUP_SECONDS, "
+            f"or start a server with `prefect server start` and set PREFECT_API_URL") from None
+    seconds = time.perf_counter() - t0
+    notice(f"Prefect server ready after {seconds:.1f}s")
+    return seconds
