@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -102,13 +103,17 @@ def check(ws: Path, env: dict, acknowledged: set[str], before: dict, n_certs_bef
             "verify_failures": int(verify.returncode != 0), "verify_output": verify.stdout[-1500:]}
 
 
-def recover(ws: Path, env: dict) -> tuple[int, str]:
-    """The next ordinary command; a second try or anything else counts as a manual intervention."""
+def recover(ws: Path, env: dict) -> tuple[int, str, str]:
+    """The next ordinary command; a second try or anything else counts as a manual intervention.
+    Returns (manual interventions, what recovery said, the step the killed erasure had done)."""
     proc = subprocess.run([str(BIN / "unlearnflow"), "erase", "-C", str(ws)], env=env, capture_output=True, text=True)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("unlearnflow: ")]
+    step = re.search(r"last step done: (\w+)", proc.stderr)
+    interrupted = step.group(1) if step else "no journal"
     if proc.returncode == 0:
-        return 0, proc.stderr[-600:]
+        return 0, " | ".join(said), interrupted
     again = subprocess.run([str(BIN / "unlearnflow"), "erase", "-C", str(ws)], env=env, capture_output=True, text=True)
-    return 1, f"first erase failed ({proc.returncode}): {proc.stderr[-1500:]}; second: {again.returncode}"
+    return 1, f"first erase failed ({proc.returncode}): {proc.stderr[-1500:]}; second: {again.returncode}", interrupted
 
 
 def subjects_in_training(ws: Path) -> list[str]:
@@ -147,12 +152,13 @@ def bench(tmp: Path, env: dict, args) -> dict:
             killed = True
         out, _ = proc.communicate()
         acknowledged = set(filed_ids(out))
-        manual, recovery = recover(ws, env)
+        manual, recovery, interrupted = recover(ws, env)
         row = {"trial": n + 1, "kind": "kill -9", "kill_at_s": round(at, 2), "killed": killed,
                "acknowledged": len(acknowledged), "manual_interventions": manual, "recovery": recovery,
+               "journal_step": interrupted,
                **check(ws, env, acknowledged, before, n_certs)}
         trials.append(row)
-        print(f"kill {n + 1}/{args.kills} at {at:5.1f}s: acknowledged {len(acknowledged)}, "
+        print(f"kill {n + 1}/{args.kills} at {at:5.1f}s (journal: {interrupted}): acknowledged {len(acknowledged)}, "
               + ", ".join(f"{c} {row[c]}" for c in COLUMNS), flush=True)
 
     for n in range(args.pairs):
@@ -164,7 +170,7 @@ def bench(tmp: Path, env: dict, args) -> dict:
         failed = [p.returncode for p in procs if p.returncode != 0]
         manual = 0
         if failed:  # both should have succeeded; recovering is then a manual step
-            manual, _ = recover(ws, env)
+            recover(ws, env)
             manual = 1
         row = {"trial": n + 1, "kind": "two writers", "acknowledged": len(acknowledged),
                "exit_codes": [p.returncode for p in procs], "waited": any("waiting for" in err for _, err in outs),
@@ -192,13 +198,21 @@ def write(result: dict, args) -> None:
         if group:
             lines.append(f"| {len(group)} | {kind} | " + " | ".join(str(sum(r[c] for r in group)) for c in COLUMNS)
                          + " |")
-    lines += ["", "Per trial:", "", "| # | kind | kill at (s) | killed | acknowledged | "
-              + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |", "|---" * (5 + len(COLUMNS)) + "|"]
+    steps = {}
+    for r in rows:
+        if r["kind"] == "kill -9":
+            steps[r["journal_step"]] = steps.get(r["journal_step"], 0) + 1
+    lines += ["", "Where the kills landed (the erase journal's last step when the next command found it; "
+              "\"no journal\": killed while filing or before the erase flow began, or after it ended): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1])) + ".",
+              "", "Per trial:", "", "| # | kind | kill at (s) | killed | journal step | acknowledged | "
+              + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |", "|---" * (6 + len(COLUMNS)) + "|"]
     for r in rows:
         lines.append(f"| {r['trial']} | {r['kind']} | {r.get('kill_at_s', '-')} | {r.get('killed', '-')} | "
-                     f"{r['acknowledged']} | " + " | ".join(str(r[c]) for c in COLUMNS) + " |")
+                     f"{r.get('journal_step', '-')} | {r['acknowledged']} | " + " | ".join(str(r[c]) for c in COLUMNS)
+                     + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:8 + 2]))
+    print("\n".join(lines[:10]))
 
 
 def main() -> None:
