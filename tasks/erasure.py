@@ -19,6 +19,7 @@ from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
 from unlearnflow.pseudonyms import pseudonym
+from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json, md5_file
 from unlearnflow.records import SPLITS, RecordSet
 from unlearnflow.scoring import OutputCache, records_digest
@@ -77,7 +78,8 @@ def begin(params: Params, root: str) -> dict | None:
     state = journal.read()
     if state is not None:
         if state.get("kind") != "erase":
-            raise RuntimeError(f"{journal.path} records an interrupted {state.get('kind')}; recover it first")
+            raise UnlearnflowError(f"{journal.path} records an interrupted {state.get('kind')}; run `unlearnflow "
+                                   f"erase` to recover it first")
         return {**state, "resumed": True}
     pending = ws.pending_requests()
     if not pending:

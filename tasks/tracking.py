@@ -180,8 +180,7 @@ def mark_superseded_approximations(ws: Workspace, params: Params, exact_version:
     client = client_for(ws)
     name = params.tracking.registered_model
     done = []
-    for v in client.search_model_versions(f"name = '{name}'"):
-        v = client.get_model_version(name, v.version)
+    for v in registered_versions(ws, name):
         requests = set(filter(None, v.tags.get("approximated_requests", "").split(",")))
         if v.tags.get("exact_erasure") == "pending" and requests <= certified:
             client.set_model_version_tag(name, v.version, "exact_erasure", f"done: {erasure_id} (v{exact_version})")
@@ -318,6 +317,18 @@ def logged_certificate(ws: Workspace, run_id: str) -> bytes | None:
         return Path(client.download_artifacts(run_id, files[0], tmp)).read_bytes()
 
 
+def registered_versions(ws: Workspace, registered_model: str) -> list:
+    """Every version of ``registered_model``, newest first, each fetched whole (search results
+    carry no aliases); [] while the model is not registered."""
+    client = client_for(ws)
+    try:
+        found = client.search_model_versions(f"name = '{registered_model}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return [client.get_model_version(registered_model, v.version)
+            for v in sorted(found, key=lambda v: int(v.version), reverse=True)]
+
+
 def get_version(ws: Workspace, registered_model: str, version: str | None):
     """A registered version by number, or None (no number, or no such version)."""
     if not version:
@@ -330,15 +341,9 @@ def get_version(ws: Workspace, registered_model: str, version: str | None):
 
 def find_erasure_version(ws: Workspace, registered_model: str, erasure_id: str) -> dict | None:
     """The version an earlier, interrupted attempt of ``erasure_id`` registered, if any."""
-    client = client_for(ws)
-    try:
-        versions = client.search_model_versions(f"name = '{registered_model}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    for v in versions:
-        v = client.get_model_version(registered_model, v.version)
+    for v in registered_versions(ws, registered_model):
         if v.tags.get("erasure_id") == erasure_id:
-            run = client.get_run(v.run_id)
+            run = client_for(ws).get_run(v.run_id)
             return {"run_id": v.run_id, "version": str(v.version), "experiment_id": run.info.experiment_id}
     return None
 
@@ -361,16 +366,11 @@ def version_history(ws: Workspace, registered_model: str, start: str | None = No
     import datetime as dt
 
     client = client_for(ws)
-    try:
-        versions = client.search_model_versions(f"name = '{registered_model}'")
-    except mlflow.exceptions.MlflowException:
-        return []
-    versions = sorted(versions, key=lambda v: int(v.version), reverse=True)
+    versions = registered_versions(ws, registered_model)
     if start is not None:
         versions = [v for v in versions if int(v.version) <= int(start)]
     out = []
     for v in versions:
-        v = client.get_model_version(registered_model, v.version)  # search results carry no aliases
         run = client.get_run(v.run_id)
         out.append({
             "version": str(v.version),

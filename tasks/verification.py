@@ -154,7 +154,7 @@ def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
 def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
     """Each certificate against the blob git committed and the copy its MLflow run holds;
     certificates that git's HEAD or an MLflow erase run has but the folder lacks."""
-    from tasks.tracking import client_for, logged_certificate
+    from tasks.tracking import logged_certificate, registered_versions
 
     problems = []
     rel = ws.layout.rel(ws.layout.certificates)
@@ -162,15 +162,7 @@ def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
     on_disk = {f"{rel}/{p.name}" for p in certs}
     for path in sorted(committed - on_disk):
         problems.append(f"{path} is committed to git but missing from the workspace")
-    client = client_for(ws)
-    runs = {}
-    try:
-        for v in client.search_model_versions(f"name = '{name}'"):
-            eid = client.get_model_version(name, v.version).tags.get("erasure_id")
-            if eid:
-                runs[eid] = v.run_id
-    except Exception:  # no registered model yet
-        pass
+    runs = {v.tags["erasure_id"]: v.run_id for v in registered_versions(ws, name) if v.tags.get("erasure_id")}
     known = set()
     for path in certs:
         data = path.read_bytes()
@@ -196,15 +188,9 @@ def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
 
 def _latest_exact_version(ws: Workspace, name: str):
     """The newest registered version with guarantee exact (what the workspace's files are)."""
-    from tasks.tracking import client_for
+    from tasks.tracking import registered_versions
 
-    client = client_for(ws)
-    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version), reverse=True)
-    for v in versions:
-        v = client.get_model_version(name, v.version)
-        if v.tags.get("guarantee", "exact") == "exact":
-            return v
-    return None
+    return next((v for v in registered_versions(ws, name) if v.tags.get("guarantee", "exact") == "exact"), None)
 
 
 def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
