@@ -77,6 +77,7 @@ def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_p
     server = subprocess.Popen([str(BIN / "unlearnflow"), "serve", "-C", str(ws)], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        assert server.stdout.readline().startswith("unlearnflow serve: loading")  # said before the slow imports
         first = server.stdout.readline()
         assert "serving the erase flow" in first and "after the fast path (amun)" in first
         api = env["PREFECT_API_URL"]
