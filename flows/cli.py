@@ -591,8 +591,6 @@ def cmd_ui(args) -> int:
 
 def cmd_stage(args) -> int:
     from tasks.workspace import Workspace
-    from unlearnflow import stages
-    from unlearnflow.progress import progress_callbacks
 
     ws = Workspace(args.workspace)
     params = ws.load_params()
