@@ -627,7 +627,7 @@ def _stage(args, ws, params, layout):
     elif args.name == "aggregate":
         out = stages.aggregate_stage(params.aggregate, params.partition, layout)
     else:
-        out = stages.evaluate_stage(layout)
+        out = stages.evaluate_stage(layout, params.train.device)
     return out
 
 

@@ -65,7 +65,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     futures = pipeline.train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
     shards = [f.result() for f in futures]
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
-    metrics = pipeline.evaluate(root)
+    metrics = pipeline.evaluate(root, params.train.device)
     after = erasure.snapshot(params.partition, root)
     affected = certificates.affected_shards(state["before"], after)
     state = advance(ws, state, "computed")
@@ -104,7 +104,8 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
                "passed": audit_ok, "failed_because": audit_reasons},
         purged={**purged, "files_deleted": files_deleted, "dvc_cache": "gc --workspace"},
         superseded=("kept: " + params.retention.reason) if params.retention.keep_superseded
-        else "model files deleted once this version is in production")
+        else "model files deleted once this version is in production",
+        train_device=", ".join(sorted({s["device"] for s in shards})))
     cert_path = erasure.certify(root, body, tracked["run_id"], audited["histogram"], commit, name)
     approximations_done = tracking.mark_superseded_approximations(  # fast-path versions these requests had
         ws, params, tracked["version"], eid, completed_requests(ws.layout.certificates))

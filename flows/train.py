@@ -28,22 +28,34 @@ def train_flow(workspace: str = ".", commit: bool = True) -> dict:
     root = str(ws.root)
     params = ws.load_params()
     t0 = time.perf_counter()
+    marks = [("start", t0)]
+
+    def mark(step: str) -> None:
+        marks.append((step, time.perf_counter()))
+
     prepared = pipeline.prepare(params.data, root)
+    mark("prepare")
     partitioned = pipeline.partition(params.partition, root)
+    mark("partition")
     futures = pipeline.train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
     shards = [f.result() for f in futures]
+    mark("train")
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
-    metrics = pipeline.evaluate(root)
-    pipeline.score_for_audits(params.partition, root, params.runner.workers)
+    metrics = pipeline.evaluate(root, params.train.device)
+    mark("evaluate")
+    pipeline.score_for_audits(params, root)
+    mark("score_for_audits")
     train_seconds = time.perf_counter() - t0
     lineage = pipeline.record_lineage(
         root, commit, f"unlearnflow train: {len(shards)} constituents, test accuracy {metrics['ensemble_accuracy']:.4f}"
     )
+    mark("lineage")
     # a request filed while this flow trained: its records may be in this version; never serve it
     filed_meanwhile = [r.request.request_id for r in ws.pending_requests()]
     blockers = [f"request(s) {', '.join(filed_meanwhile)} filed during training; run `unlearnflow erase`"] \
         if filed_meanwhile else []
     tracked = pipeline.log_to_mlflow(root, params, prepared, shards, ensemble, metrics, lineage, blockers)
+    mark("mlflow")
     return {
         "workspace": root,
         "prepared": prepared,
@@ -53,6 +65,7 @@ def train_flow(workspace: str = ".", commit: bool = True) -> dict:
         "lineage": {k: v for k, v in lineage.items() if k != "outs"},
         "mlflow": tracked,
         "pipeline_seconds": round(train_seconds, 2),
+        "step_seconds": {step: round(t - marks[i][1], 2) for i, (step, t) in enumerate(marks[1:])},
     }
 
 

@@ -66,7 +66,7 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
         manifest, images = read_shard(ws.layout.shard_manifest(k), ws.layout.shard_images(k))
         target = out / f"shard_{k}.pt"
         updated = approximate_constituent(base, manifest, images, erased_set, rectified, params.unlearn,
-                                          params.train.threads)
+                                          params.train.threads, params.train.device)
         if updated is None:
             shutil.copyfile(base, target)
         else:

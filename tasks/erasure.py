@@ -22,7 +22,9 @@ from unlearnflow.pseudonyms import pseudonym
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json, md5_file
 from unlearnflow.records import SPLITS, RecordSet
-from unlearnflow.scoring import OutputCache, records_digest
+from unlearnflow.devices import resolve as resolve_device
+from unlearnflow.records import stable_sample
+from unlearnflow.scoring import OutputCache
 from unlearnflow.stages import load_ensemble, load_split
 
 
@@ -147,9 +149,9 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
             if folder in path.parents and path.is_file():
                 path.unlink()
                 deleted_files.append(pseudonym(ws.secret_key(), rel))  # file names are personal data
-    pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or old splits
+    pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or erased records
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
-        {records_digest(load_split(layout, split)) for split in SPLITS})
+        {rid for split in SPLITS for rid in load_split(layout, split).record_ids})
     return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files, "cached_outputs_deleted": pruned}
 
 
@@ -202,8 +204,9 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
 
     t0 = time.perf_counter()
     ws = Workspace(root)
-    sets = {name: load_split(ws.layout, name) for name in SPLITS}
-    sets = {"forget": forget_records(params.data, ws, sets, erased), **sets}
+    splits = {name: load_split(ws.layout, name) for name in SPLITS}
+    sets = {"forget": forget_records(params.data, ws, splits, erased),
+            **{name: stable_sample(split, params.audit.sample) for name, split in splits.items()}}
     references, k = None, params.audit.lira_references
     if k and len(sets["forget"]):
         log = logging.getLogger("unlearnflow")
@@ -214,7 +217,7 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
             params.aggregate.method, seed=params.train.seed, workers=params.runner.workers,
             progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
 
-    cache = OutputCache(ws.layout.outputs_cache)  # a constituent both versions share is scored once
+    cache = OutputCache(ws.layout.outputs_cache, resolve_device(params.train.device))  # shared constituents: scored once
 
     def outputs(paths: list[str], name: str, records) -> Outputs:
         """Softmax-mean outputs of the ensemble of ``paths`` (the forget set's kept in memory only)."""

@@ -35,22 +35,25 @@ def aggregate(cfg: AggregateConfig, partition_cfg: PartitionConfig, root: str) -
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(root: str) -> dict:
-    return stages.evaluate_stage(Layout(root))
+def evaluate(root: str, device: str = "auto") -> dict:
+    return stages.evaluate_stage(Layout(root), device)
 
 
 @task(name="score-for-audits", cache_policy=NO_CACHE)
-def score_for_audits(partition_cfg: PartitionConfig, root: str, workers: int) -> dict:
-    """Score the new constituents on the splits once, into the workspace's output cache,
-    so the first erasure's audit (and the fast path's) only scores what it changes."""
-    from unlearnflow.records import SPLITS
+def score_for_audits(params, root: str) -> dict:
+    """Score the new constituents on the audit's sample of each split once, into the
+    workspace's output cache, so the first erasure's audit (and the fast path's) only
+    scores what it changes."""
+    from unlearnflow.devices import resolve
+    from unlearnflow.records import SPLITS, stable_sample
     from unlearnflow.scoring import OutputCache
 
     layout = Layout(root)
-    cache = OutputCache(layout.outputs_cache)
-    paths = [str(layout.model(k)) for k in partition_cfg.shards]
+    cache = OutputCache(layout.outputs_cache, resolve(params.train.device))
+    paths = [str(layout.model(k)) for k in params.partition.shards]
     for split in SPLITS:
-        cache.probabilities(paths, stages.load_split(layout, split), workers=workers)
+        cache.probabilities(paths, stable_sample(stages.load_split(layout, split), params.audit.sample),
+                            workers=params.runner.workers)
     return {"scored": cache.computed, "reused": cache.reused}
 
 

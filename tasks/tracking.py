@@ -89,6 +89,7 @@ def log_pipeline_run(
         "dvc_lock_md5": lineage["dvc_lock_md5"],
         "data_version": lineage["data_version"],
         "guarantee": "exact",
+        "train_device": ", ".join(sorted({s.get("device", "cpu") for s in shards})),  # cpu | cuda/<GPU name>
     }
     with mlflow.start_run(run_name=run_name) as parent:
         mlflow.log_params(_flatten(params.to_dict()))

@@ -16,41 +16,50 @@ import torch
 from unlearnflow.config import UnlearnConfig
 from unlearnflow.ensemble import constituent_bytes, load_constituent
 from unlearnflow.partition import ShardManifest
-from unlearnflow.training import ModelSpec, set_deterministic, to_input
+from unlearnflow.devices import resolve, set_deterministic
+from unlearnflow.training import ModelSpec, to_input
 from unlearnflow.unlearning import Data, Edit, UnlearnResult, create_unlearner
 
 
-def shard_edits(manifest: ShardManifest, images: np.ndarray, erased: set[str], rectified: dict[str, int]
-                ) -> tuple[Edit | None, Edit | None, Data]:
-    """(erasure edit, label-correction edit, retain data) of one shard; an edit is None
-    when the shard has no such record. Retain data excludes every affected record."""
+def shard_edits(manifest: ShardManifest, images, erased: set[str], rectified: dict[str, int],
+                device: torch.device = torch.device("cpu")) -> tuple[Edit | None, Edit | None, Data]:
+    """(erasure edit, label-correction edit, retain data) of one shard, on ``device``; an
+    edit is None when the shard has no such record. Retain data excludes every affected record."""
     ids = manifest.record_ids
     labels = np.asarray(manifest.labels, dtype=np.int64)
     gone = np.array([r in erased for r in ids], dtype=bool)
     relabel = np.array([not gone[i] and r in rectified and rectified[r] != labels[i] for i, r in enumerate(ids)],
                        dtype=bool)
     keep = ~gone & ~relabel
-    retain = Data(to_input(images[keep]), torch.as_tensor(labels[keep]))
-    erase_edit = Edit(to_input(images[gone]), torch.as_tensor(labels[gone]), train_size=len(ids)) \
-        if gone.any() else None
+
+    def x(mask):
+        return to_input(images[np.flatnonzero(mask)]).to(device)
+
+    def y(values):
+        return torch.as_tensor(values).to(device)
+
+    retain = Data(x(keep), y(labels[keep]))
+    erase_edit = Edit(x(gone), y(labels[gone]), train_size=len(ids)) if gone.any() else None
     relabel_edit = None
     if relabel.any():
         y_new = np.array([rectified[r] for r, m in zip(ids, relabel) if m], dtype=np.int64)
-        relabel_edit = Edit(to_input(images[relabel]), torch.as_tensor(labels[relabel]),
-                            y_new=torch.as_tensor(y_new), train_size=len(ids) - int(gone.sum()))
+        relabel_edit = Edit(x(relabel), y(labels[relabel]), y_new=y(y_new), train_size=len(ids) - int(gone.sum()))
     return erase_edit, relabel_edit, retain
 
 
-def approximate_constituent(path, manifest: ShardManifest, images: np.ndarray, erased: set[str],
-                            rectified: dict[str, int], cfg: UnlearnConfig, threads: int = 1
+def approximate_constituent(path, manifest: ShardManifest, images, erased: set[str],
+                            rectified: dict[str, int], cfg: UnlearnConfig, threads: int = 1, device: str = "cpu"
                             ) -> tuple[bytes, list[UnlearnResult]] | None:
     """The updated constituent's file bytes and the method's results, or None if the
-    shard is unaffected. Erasures are applied first, then label corrections."""
-    erase_edit, relabel_edit, retain = shard_edits(manifest, images, erased, rectified)
+    shard is unaffected. Erasures are applied first, then label corrections; on
+    ``device`` (``train.device``)."""
+    device = resolve(device)
+    erase_edit, relabel_edit, retain = shard_edits(manifest, images, erased, rectified, device)
     if erase_edit is None and relabel_edit is None:
         return None
-    set_deterministic(threads)
+    set_deterministic(threads, device)
     model, meta = load_constituent(path)
+    model.to(device)
     method = create_unlearner(cfg.method)
     results = []
     for edit in (erase_edit, relabel_edit):
@@ -58,4 +67,5 @@ def approximate_constituent(path, manifest: ShardManifest, images: np.ndarray, e
             model, result = method(model, edit, retain, cfg)
             results.append(result)
     spec = ModelSpec.from_json(meta["spec"])
-    return constituent_bytes(spec, model.state_dict(), meta["slice_keys"], manifest.shard), results
+    weights = {k: v.cpu() for k, v in model.state_dict().items()} if device.type != "cpu" else model.state_dict()
+    return constituent_bytes(spec, weights, meta["slice_keys"], manifest.shard), results

@@ -116,7 +116,7 @@ def completed_requests(directory: Path) -> set[str]:
 
 def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, after: dict, lineage: dict,
          previous_version: str, new_version: str, registered_model: str, metrics: dict, audit: dict,
-         purged: dict, superseded: str) -> dict:
+         purged: dict, superseded: str, train_device: str = "cpu") -> dict:
     """What a certificate says, from the state before and after the erasure (``after``:
     ``snapshot`` of the constituents now; ``affected``: ``affected_shards``)."""
     return {
@@ -127,6 +127,7 @@ def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, af
         "erased_record_ids": resolved["erased_records"],
         "affected_shards": affected,
         "constituents": {k: {"manifest_md5": c["manifest_md5"], "model_md5": c["model_md5"]} for k, c in after.items()},
+        "train_device": train_device,  # the device class the constituents were computed on
         "dvc_lock_md5": lineage["dvc_lock_md5"],
         "data_version": lineage["data_version"],
         "git_commit": lineage["git_commit"],

@@ -12,6 +12,7 @@ the bad value and the valid choices. Reading the YAML file is the caller's job
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ class TrainConfig:
     ``epochs`` is a budget in passes over the whole shard; it is spread over the
     R slice stages as in the SISA paper (each stage runs 2E/(R+1) epochs over
     slices 1..k), so slicing costs no more computation than training once.
-    Every field changes the weights, so every field is part of the checkpoint key.
+    Every field but two changes the weights, so those are part of the checkpoint key:
+    ``device`` enters it as its device class (``cpu``, ``cuda/<GPU name>``), and
+    ``loader_workers`` only changes how fast batches are read, not which.
     """
 
     model: str = "cnn"
@@ -95,6 +98,8 @@ class TrainConfig:
     augment: bool = True  # random small affine transforms of each image, from a seeded generator
     seed: int = 0
     threads: int = 1  # torch intra-op threads; results depend on it, so it is fixed, not guessed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: the first GPU if one is visible, else cpu)
+    loader_workers: int = 0  # DataLoader processes reading batches from disk (0: the training process)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -102,6 +107,9 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "a positive number")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
         _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1")
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device", self.device,
+               "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(self.loader_workers >= 0, "train.loader_workers", self.loader_workers, "an integer >= 0")
 
     def stage_epochs(self, slices: int) -> int:
         """Epochs per slice stage: 2E/(R+1), at least 1 (SISA epoch calibration)."""
@@ -130,12 +138,14 @@ class AuditConfig:
     max_forget_mia_auc: float | None = None  # loss-threshold AUC, erased records vs holdout; null = no limit
     max_test_accuracy_drop: float = 0.05  # vs the version in production before the erasure
     lira_references: int = 0  # K reference models for the LiRA attack (even, >= 2); 0 = off
+    sample: int = 5000  # records per split an audit scores (a fixed subset by record id hash); 0 = all
 
     def __post_init__(self):
         _check(self.lira_references == 0 or (self.lira_references >= 2 and self.lira_references % 2 == 0),
                "audit.lira_references", self.lira_references, "0 (off) or an even number >= 2")
         _check(self.max_forget_mia_auc is None or 0 <= self.max_forget_mia_auc <= 1, "audit.max_forget_mia_auc",
                self.max_forget_mia_auc, "a number in [0, 1] or null")
+        _check(self.sample >= 0, "audit.sample", self.sample, "an integer >= 0 (0 = every record)")
         _check(0 <= self.max_test_accuracy_drop <= 1, "audit.max_test_accuracy_drop", self.max_test_accuracy_drop,
                "a number in [0, 1]")
 

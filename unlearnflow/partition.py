@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unlearnflow.arrays import NpyFile, Rows, chunks_of, write_npy
 from unlearnflow.config import PartitionConfig
 from unlearnflow.errors import ConfigError
 from unlearnflow.hashing import stable_bucket
@@ -81,7 +82,7 @@ class ShardManifest:
         )
 
 
-def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManifest, np.ndarray]]:
+def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManifest, np.ndarray | Rows]]:
     """Split training records into S shard manifests, each with its images in manifest order."""
     keys = records.subject_ids if cfg.key == "subject" else records.record_ids
     n_keys = len(set(keys))
@@ -108,19 +109,20 @@ def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManif
             slice_of=tuple(places[i][1] for i in members),
             classes=records.classes,
         )
-        out.append((manifest, records.images[np.asarray(members)]))
+        out.append((manifest, records.take(members).images))  # Rows stay unread until written
     return out
 
 
 def write_shard(manifest: ShardManifest, images: np.ndarray, manifest_path: Path, images_path: Path) -> None:
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
-    np.save(images_path, images, allow_pickle=False)
+    write_npy(images_path, images.shape, chunks_of(images))
 
 
-def read_shard(manifest_path: Path, images_path: Path) -> tuple[ShardManifest, np.ndarray]:
+def read_shard(manifest_path: Path, images_path: Path) -> tuple[ShardManifest, Rows]:
+    """The manifest and the shard's pixels, read from disk only where indexed."""
     manifest = ShardManifest.from_json(json.loads(Path(manifest_path).read_text()))
-    images = np.load(images_path, allow_pickle=False)
+    images = Rows.of(NpyFile(images_path))
     if len(images) != len(manifest):
         raise ValueError(f"{images_path} holds {len(images)} images but {manifest_path} lists {len(manifest)} records")
     return manifest, images

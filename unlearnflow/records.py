@@ -1,6 +1,8 @@
 """Records with identities: the unit that erasure requests name.
 
-A ``RecordSet`` holds images as uint8 ``(N, C, H, W)``, integer labels and, per
+A ``RecordSet`` holds images as uint8 ``(N, C, H, W)`` (in memory, or as ``arrays.Rows``
+read on demand from files, so a split of any size costs only its ids in memory),
+integer labels and, per
 record, a ``record_id`` derived from its content and a ``subject_id`` (the person
 the record belongs to). Splits, shards and slices are all computed from these
 identities, never from positions, so they do not move when other records come
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unlearnflow.arrays import NpyFile, Rows, chunks_of, write_npy
 from unlearnflow.config import DataConfig
 from unlearnflow.hashing import sha256_hex, stable_bucket, unit_interval
 
@@ -24,7 +27,7 @@ SPLITS = ("train", "test", "holdout")
 
 @dataclass(frozen=True)
 class RecordSet:
-    images: np.ndarray  # (N, C, H, W) uint8
+    images: np.ndarray | Rows  # (N, C, H, W) uint8; Rows are read only where indexed
     labels: np.ndarray  # (N,) int64
     record_ids: tuple[str, ...]
     subject_ids: tuple[str, ...]
@@ -49,7 +52,7 @@ class RecordSet:
     def take(self, index) -> "RecordSet":
         index = np.asarray(index, dtype=np.int64)
         return RecordSet(
-            images=self.images[index],
+            images=self.images.take(index) if isinstance(self.images, Rows) else self.images[index],
             labels=self.labels[index],
             record_ids=tuple(self.record_ids[i] for i in index),
             subject_ids=tuple(self.subject_ids[i] for i in index),
@@ -67,7 +70,8 @@ class RecordSet:
         if len({s.classes for s in sets}) != 1:
             raise ValueError("record sets with different classes cannot be concatenated")
         return RecordSet(
-            images=np.concatenate([s.images for s in sets]),
+            images=(Rows.concat([s.images for s in sets]) if any(isinstance(s.images, Rows) for s in sets)
+                    else np.concatenate([s.images for s in sets])),
             labels=np.concatenate([s.labels for s in sets]),
             record_ids=sum((s.record_ids for s in sets), ()),
             subject_ids=sum((s.subject_ids for s in sets), ()),
@@ -86,7 +90,8 @@ def record_id_for(image: np.ndarray, label: int) -> str:
 def assign_record_ids(images: np.ndarray, labels: np.ndarray, sources) -> list[str]:
     """Record ids from content; an exact duplicate is told apart by its source name."""
     ids, seen = [], set()
-    for image, label, source in zip(images, labels, sources):
+    pixels = (image for block in chunks_of(images) for image in block)  # Rows: read block by block
+    for image, label, source in zip(pixels, labels, sources):
         rid = record_id_for(image, int(label))
         if rid in seen:
             rid = sha256_hex(f"{rid}:{source}".encode())[:16]
@@ -132,19 +137,29 @@ def split_of(subject_id: str, cfg: DataConfig) -> str:
     return "train"
 
 
+def stable_sample(records: RecordSet, n: int, salt: str = "audit") -> RecordSet:
+    """At most ``n`` records (all when ``n`` is 0): those whose ids hash lowest, in their
+    order. Removing a record changes such a sample by at most that record and one other,
+    so consecutive data versions are audited on nearly the same records."""
+    if n <= 0 or len(records) <= n:
+        return records
+    keys = np.array([unit_interval(salt, rid) for rid in records.record_ids])
+    return records.take(np.sort(np.argsort(keys, kind="stable")[:n]))
+
+
 def split_records(records: RecordSet, cfg: DataConfig) -> dict[str, RecordSet]:
     splits = np.array([split_of(s, cfg) for s in records.subject_ids])
     return {name: records.take(np.flatnonzero(splits == name)) for name in SPLITS}
 
 
-# ---- storage: images as .npy (deterministic bytes, unlike .npz), records as CSV ----
+# ---- storage: images as .npy (deterministic bytes, unlike .npz; streamed), records as CSV ----
 
 CSV_FIELDS = ("record_id", "subject_id", "label", "source")
 
 
 def save_records(records: RecordSet, images_path: Path, table_path: Path) -> None:
     images_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(images_path, records.images, allow_pickle=False)
+    write_npy(images_path, records.images.shape, chunks_of(records.images))
     with open(table_path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(("#classes", *records.classes))
@@ -154,7 +169,8 @@ def save_records(records: RecordSet, images_path: Path, table_path: Path) -> Non
 
 
 def load_records(images_path: Path, table_path: Path) -> RecordSet:
-    images = np.load(images_path, allow_pickle=False)
+    """The records of a saved split; their pixels stay on disk until indexed."""
+    images = Rows.of(NpyFile(images_path))
     with open(table_path, newline="") as f:
         rows = list(csv.reader(f))
     classes = tuple(rows[0][1:])

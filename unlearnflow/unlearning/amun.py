@@ -31,7 +31,7 @@ def margin_radius(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(x)
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.clone()
-    other[torch.arange(len(y)), y] = -torch.inf
+    other[torch.arange(len(y), device=y.device), y] = -torch.inf
     margin = true - other.max(1).values
     (grad,) = torch.autograd.grad(margin.sum(), x)
     return (margin.detach().clamp_min(0) / _norms(grad).flatten()).clamp_min(1e-3)
@@ -42,16 +42,16 @@ def nearest_adversarial(model, x: torch.Tensor, y: torch.Tensor, steps: int, eps
     """(adversarial inputs, the model's label for them, radius used) per example. An
     example that never flips keeps its last PGD point, labelled with the model's prediction."""
     model.eval()
-    eps = torch.full((len(y),), float(eps_init)) if eps_init else margin_radius(model, x, y)
+    eps = torch.full((len(y),), float(eps_init), device=x.device) if eps_init else margin_radius(model, x, y)
     adv, label = x.clone(), y.clone()
-    todo = torch.ones(len(y), dtype=torch.bool)
+    todo = torch.ones(len(y), dtype=torch.bool, device=x.device)
     for _ in range(doublings + 1):
         idx = todo.nonzero().flatten()
         if len(idx) == 0:
             break
         x0, y0, radius = x[idx], y[idx], eps[idx].view(-1, *([1] * (x.dim() - 1)))
         delta = torch.zeros_like(x0)
-        active = torch.ones(len(idx), dtype=torch.bool)
+        active = torch.ones(len(idx), dtype=torch.bool, device=x.device)
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(x0 + delta), y0)

