@@ -76,7 +76,7 @@ def run_train(workspace: str = ".", commit: bool = True, wait: bool = True) -> d
 
     with writing(workspace, "unlearnflow train", wait=wait) as (ws, params):
         refuse_pending(ws)
-        preflight(params)
+        preflight(params, ws.layout.ingest_cache)
         runner = make_task_runner(params.runner)
         return train_flow.with_options(task_runner=runner)(workspace=str(ws.root), commit=commit)
 

@@ -16,14 +16,14 @@ from tasks.workspace import Workspace
 from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, Params, PartitionConfig
+from unlearnflow.datasets import load_dataset
+from unlearnflow.devices import resolve as resolve_device
 from unlearnflow.ensemble import load_constituent
 from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
-from unlearnflow.pseudonyms import pseudonym
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json, md5_file
-from unlearnflow.records import SPLITS, RecordSet
-from unlearnflow.devices import resolve as resolve_device
-from unlearnflow.records import stable_sample
+from unlearnflow.pseudonyms import pseudonym
+from unlearnflow.records import SPLITS, RecordSet, stable_sample
 from unlearnflow.scoring import OutputCache
 from unlearnflow.stages import load_ensemble, load_split
 
@@ -106,7 +106,7 @@ def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict
     ledger = ws.ledger()
     known = ledger.read().requests
     batch = [known[rid] for rid in request_ids]
-    records = load_pseudonymized(cfg, ws.secret_key())
+    records = load_pseudonymized(cfg, ws.secret_key(), ws.layout.ingest_cache)
     source_of = dict(zip(records.record_ids, records.sources))
     events, report, erased = [], [], {}
     for r in batch:
@@ -133,7 +133,8 @@ def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict
 def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
     """Delete slice checkpoints no current constituent uses (all that saw erased records),
     for image folders the erased image files themselves (reported as pseudonyms, like the
-    ledger's), and cached outputs of models or record sets no longer current."""
+    ledger's) and their decoded pixels in the ingest cache, and cached outputs of models
+    or records no longer current."""
     ws = Workspace(root)
     layout = ws.layout
     keep = set()
@@ -149,6 +150,7 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
             if folder in path.parents and path.is_file():
                 path.unlink()
                 deleted_files.append(pseudonym(ws.secret_key(), rel))  # file names are personal data
+        load_dataset(cfg, layout.ingest_cache)  # the ingest cache now holds only the files left
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or erased records
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
         {rid for split in SPLITS for rid in load_split(layout, split).record_ids})
@@ -255,7 +257,7 @@ def forget_records(cfg: DataConfig, ws: Workspace, splits: dict, erased: list[st
     every = RecordSet.concat(list(splits.values()))
     index = [i for i, r in enumerate(every.record_ids) if r in wanted]
     if len(index) < len(wanted):
-        every = load_pseudonymized(cfg, ws.secret_key())
+        every = load_pseudonymized(cfg, ws.secret_key(), ws.layout.ingest_cache)
         index = [i for i, r in enumerate(every.record_ids) if r in wanted]
     return every.take(index)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="unlearnflow-tests-"))
 os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as tasks/ does: deterministic cuBLAS
 from flows.cli import QUIET_ENV  # noqa: E402  (imports no Prefect)
 
 os.environ.update(QUIET_ENV)

@@ -83,7 +83,8 @@ def test_download_datasets_fail_offline_naming_the_offline_alternatives(name, mo
 
 
 def test_every_registered_dataset_is_covered_here():
-    assert set(DATASETS.names()) == set(OFFLINE) | {"mnist", "fashion-mnist", "cifar10", "imagefolder"}
+    assert set(DATASETS.names()) == set(OFFLINE) | {"mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic"}
+    # synthetic: tests/test_scale.py
 
 
 def write_hockey_folder(root):

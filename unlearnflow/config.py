@@ -24,7 +24,7 @@ from unlearnflow.errors import ConfigError
 class DataConfig:
     """Which records exist and how they split into train / test / holdout."""
 
-    dataset: str = "mnist5k"  # mnist5k | digits | imagefolder:PATH | mnist | fashion-mnist | cifar10
+    dataset: str = "mnist5k"  # mnist5k | digits | imagefolder:PATH | synthetic:N | mnist | fashion-mnist | cifar10
     subjects_csv: str | None = None  # imagefolder only: CSV with columns file,subject
     image_size: int = 32  # imagefolder only: images are resized to image_size x image_size
     records_per_subject: int = 5  # packaged datasets: how many records each synthetic subject owns

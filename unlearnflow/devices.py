@@ -8,8 +8,6 @@ is never resumed from a CPU checkpoint, and a certificate says where it was made
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from unlearnflow.errors import ConfigError
@@ -36,11 +34,12 @@ def device_class(device: torch.device) -> str:
 
 
 def set_deterministic(threads: int, device: torch.device | None = None) -> None:
-    """Same inputs, same bits: fixed thread count, deterministic kernels; on CUDA also
-    cuBLAS's fixed workspace, no cuDNN autotuning and no TF32."""
+    """Same inputs, same bits: fixed thread count, deterministic kernels; on CUDA also no
+    cuDNN autotuning and no TF32. cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the
+    environment before it starts (the core reads no environment: ``tasks/`` sets it, and
+    torch names it in its error if a caller of the core did not)."""
     torch.set_num_threads(threads)
     if device is not None and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.backends.cuda.matmul.allow_tf32 = False

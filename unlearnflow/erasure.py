@@ -41,11 +41,13 @@ def make_request(kind: str, cfg: DataConfig, secret_key: bytes, subjects=(), rec
                    tuple(pseudonym(secret_key, f) for f in files), label)
 
 
-def load_pseudonymized(cfg: DataConfig, secret_key: bytes) -> RecordSet:
-    """The dataset with every subject replaced by its pseudonym (raw ids go no further)."""
-    records = load_dataset(cfg)
+def load_pseudonymized(cfg: DataConfig, secret_key: bytes, cache_dir=None) -> RecordSet:
+    """The dataset with every subject replaced by its pseudonym (raw ids go no further).
+    ``cache_dir``: the workspace's ingest cache (``Layout.ingest_cache``), if any."""
+    records = load_dataset(cfg, cache_dir)
     key = subject_key(records.personal_subjects, secret_key)
-    return records.with_subjects(pseudonym(key, s) for s in records.subject_ids)
+    of = {s: pseudonym(key, s) for s in set(records.subject_ids)}  # once per subject, not per record
+    return records.with_subjects(of[s] for s in records.subject_ids)
 
 
 def file_pseudonyms(source: str, secret_key: bytes) -> set[str]:

@@ -91,6 +91,11 @@ class Layout:
         return self.private / "outputs"
 
     @property
+    def ingest_cache(self) -> Path:
+        """What dataset adapters derived from the source (imagefolder: decoded pixels, ids)."""
+        return self.private / "ingest"
+
+    @property
     def tombstones(self) -> Path:
         return self.private / "tombstones.jsonl"
 

@@ -17,10 +17,11 @@ def check_names(params: Params) -> None:
     AGGREGATORS.get(params.aggregate.method)
 
 
-def preflight(params: Params) -> dict:
-    """Validate names, load the data once and check the partition can be made."""
+def preflight(params: Params, cache_dir=None) -> dict:
+    """Validate names, load the data once and check the partition can be made.
+    ``cache_dir``: the workspace's ingest cache, if any."""
     check_names(params)
-    records = load_dataset(params.data)
+    records = load_dataset(params.data, cache_dir)
     train = split_records(records, params.data)["train"]
     keys = train.subject_ids if params.partition.key == "subject" else train.record_ids
     n_keys = len(set(keys))

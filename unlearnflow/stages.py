@@ -45,7 +45,7 @@ def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerSt
     """Load the dataset with subject pseudonyms, apply the ledger (erasures, rectified
     labels), refuse erased records, split by subject and write each split."""
     ledger = ledger or LedgerState()
-    source = load_pseudonymized(cfg, secret_key)
+    source = load_pseudonymized(cfg, secret_key, layout.ingest_cache)
     erased, rectified = ledger.erased_records(), ledger.rectified_labels()
     records = apply_requests(source, erased, rectified)
     check_tombstones(records, tombstones or {}, known_requests=ledger.requests)

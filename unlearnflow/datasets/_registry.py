@@ -1,4 +1,6 @@
-"""The dataset registry. An adapter is ``fn(cfg: DataConfig, arg: str | None) -> RecordSet``."""
+"""The dataset registry. An adapter is ``fn(cfg: DataConfig, arg: str | None, cache_dir: Path | None)
+-> RecordSet``; ``cache_dir`` is a private folder of the workspace where it may keep what it
+derived from the source (imagefolder keeps decoded pixels there), or None."""
 
 from unlearnflow._registry import Registry
 

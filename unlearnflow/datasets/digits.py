@@ -8,7 +8,7 @@ from unlearnflow.records import RecordSet, packaged_records
 
 
 @register_dataset("digits")
-def load_digits(cfg: DataConfig, arg: str | None = None) -> RecordSet:
+def load_digits(cfg: DataConfig, arg: str | None = None, cache_dir=None) -> RecordSet:
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()

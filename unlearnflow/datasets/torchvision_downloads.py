@@ -43,15 +43,15 @@ def _download(name: str, cls_name: str, cfg: DataConfig, arg: str | None) -> Rec
 
 
 @register_dataset("mnist")
-def load_mnist(cfg: DataConfig, arg: str | None = None) -> RecordSet:
+def load_mnist(cfg: DataConfig, arg: str | None = None, cache_dir=None) -> RecordSet:
     return _download("mnist", "MNIST", cfg, arg)
 
 
 @register_dataset("fashion-mnist")
-def load_fashion_mnist(cfg: DataConfig, arg: str | None = None) -> RecordSet:
+def load_fashion_mnist(cfg: DataConfig, arg: str | None = None, cache_dir=None) -> RecordSet:
     return _download("fashion-mnist", "FashionMNIST", cfg, arg)
 
 
 @register_dataset("cifar10")
-def load_cifar10(cfg: DataConfig, arg: str | None = None) -> RecordSet:
+def load_cifar10(cfg: DataConfig, arg: str | None = None, cache_dir=None) -> RecordSet:
     return _download("cifar10", "CIFAR10", cfg, arg)
