@@ -126,9 +126,10 @@ def bench(tmp: Path, env: dict, args) -> dict:
     from unlearnflow.datasets import load_dataset
     from unlearnflow.config import DataConfig
     from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.records import load_records
+    from unlearnflow.layout import Layout
+    from unlearnflow.stages import load_split
 
-    train = load_records(ws / "data/prepared/train.npy", ws / "data/prepared/train.csv")
+    train = load_split(Layout(ws), "train")
     in_train = set(train.subject_ids)
     raw = sorted({s for s in load_dataset(DataConfig()).subject_ids if pseudonym(SYNTHETIC_KEY, s) in in_train})
     chosen = random.Random(args.seed).sample(raw, args.subjects)

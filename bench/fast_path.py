@@ -41,13 +41,14 @@ def bench(tmp: Path, env: dict, args) -> list[dict]:
     from unlearnflow.config import DataConfig
     from unlearnflow.datasets import load_dataset
     from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.records import load_records
+    from unlearnflow.layout import Layout
+    from unlearnflow.stages import load_split
 
     ws = tmp / "sisa"
     init_workspace(ws, env)
     t_train, _ = run(["train", "-C", str(ws), "--json"], env, tmp)
     print(f"initial training: {t_train:.1f}s", flush=True)
-    train = load_records(ws / "data/prepared/train.npy", ws / "data/prepared/train.csv")
+    train = load_split(Layout(ws), "train")
     in_train = set(train.subject_ids)
     raw = sorted({s for s in load_dataset(DataConfig()).subject_ids if pseudonym(SYNTHETIC_KEY, s) in in_train})
     rows = []

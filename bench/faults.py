@@ -118,10 +118,10 @@ def recover(ws: Path, env: dict) -> tuple[int, str, str]:
 
 def subjects_in_training(ws: Path) -> list[str]:
     from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.records import load_records
+    from unlearnflow.layout import Layout
+    from unlearnflow.stages import load_split
 
-    prepared = ws / "data" / "prepared"
-    train = set(load_records(prepared / "train.npy", prepared / "train.csv").subject_ids)
+    train = set(load_split(Layout(ws), "train").subject_ids)
     return [s for s in (f"s{i:03d}" for i in range(1000)) if pseudonym(SYNTHETIC_KEY, s) in train]
 
 

@@ -63,10 +63,11 @@ def training_subject(ws: Path, seed: int) -> str:
     from unlearnflow.config import DataConfig
     from unlearnflow.datasets import load_dataset
     from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.records import load_records
+    from unlearnflow.layout import Layout
+    from unlearnflow.stages import load_split
 
     params = json.loads(json.dumps(__import__("yaml").safe_load((ws / "params.yaml").read_text())))
-    train = set(load_records(ws / "data/prepared/train.npy", ws / "data/prepared/train.csv").subject_ids)
+    train = set(load_split(Layout(ws), "train").subject_ids)
     cfg = DataConfig(**params["data"])
     raw = sorted({s for s in load_dataset(cfg).subject_ids if pseudonym(SYNTHETIC_KEY, s) in train})
     return random.Random(seed).choice(raw)

@@ -183,7 +183,7 @@ def _records_matching(ws, params, request) -> int | None:
     from unlearnflow.records import SPLITS, RecordSet
     from unlearnflow.stages import load_split
 
-    if not all(ws.layout.split_table(s).is_file() for s in SPLITS):
+    if not all(ws.layout.split_dir(s).is_dir() for s in SPLITS):
         return None
     records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS])
     return len(resolve(request, records, ws.secret_key()))

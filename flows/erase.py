@@ -41,6 +41,11 @@ def nan_to_none(d: dict) -> dict:
 @flow(name="unlearnflow-erase")
 def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     t0 = time.perf_counter()
+    marks = [("start", t0)]
+
+    def mark(step: str) -> None:
+        marks.append((step, time.perf_counter()))
+
     ws = Workspace(workspace)
     root = str(ws.root)
     params = ws.load_params()
@@ -58,14 +63,18 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
                 "unmatched": resolved["unmatched"], "resumed": state["resumed"],
                 "total_seconds": round(time.perf_counter() - t0, 2)}
     state = advance(ws, state, "resolved")
+    mark("resolve")
 
     t_compute = time.perf_counter()
     prepared = pipeline.prepare(params.data, root)
     pipeline.partition(params.partition, root)
+    mark("prepare_partition")
     futures = pipeline.train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
     shards = [f.result() for f in futures]
+    mark("train")
     ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
     metrics = pipeline.evaluate(root, params.train.device)
+    mark("evaluate")
     after = erasure.snapshot(params.partition, root)
     affected = certificates.affected_shards(state["before"], after)
     state = advance(ws, state, "computed")
@@ -78,15 +87,18 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "ensemble_test_accuracy" in previous.tags else None
     audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
     state = advance(ws, state, "audited")
+    mark("audit")
 
     purged = erasure.purge_workspace(params.data, params.partition, root, resolved["erased_sources"])
     files_deleted = sorted(set(state.get("files_deleted", [])) | set(purged["files_deleted"]))  # an earlier attempt's too
     state = advance(ws, state, "purged", files_deleted=files_deleted)
+    mark("purge")
 
     data_lineage = pipeline.record_lineage(
         root, commit, f"unlearnflow erase {eid}: {len(resolved['requests'])} request(s), "
         f"{len(resolved['erased_records'])} record(s) removed", gc=True)
     state = advance(ws, state, "data_committed")
+    mark("dvc_git")
 
     tracked = tracking.find_erasure_version(ws, name, eid) or tracking.log_pipeline_run(
         ws, params, kind="erase", run_name=f"erase-{eid}", prepared=prepared, shards=shards,
@@ -94,6 +106,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         extra_tags=tracking.erasure_tags(eid, resolved, affected, state["previous_version"]),
         extra_metrics=erasure.run_metrics(audited, audit_ok, compute_seconds))
     state = advance(ws, state, "registered", version=tracked["version"], run_id=tracked["run_id"])
+    mark("mlflow")
 
     body = certificates.body(
         erasure_id=eid, created_at=erasure.now(), resolved=resolved, affected=affected, after=after,
@@ -110,6 +123,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     approximations_done = tracking.mark_superseded_approximations(  # fast-path versions these requests had
         ws, params, tracked["version"], eid, completed_requests(ws.layout.certificates))
     state = advance(ws, state, "certified", certificate=cert_path)
+    mark("certificate")
 
     decision = tracking.promote(ws, params, tracked["version"], metrics,
                                 blockers=[f"audit failed: {r}" for r in audit_reasons])
@@ -120,6 +134,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     elif decision["promoted"]:
         superseded = tracking.purge_superseded(ws, params, tracked["version"], f"erased under {eid}")
     ws.journal().finish()
+    mark("promote")
     return {
         "status": "erased",
         "erasure_id": eid,
@@ -142,6 +157,7 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         "git_commit": lineage.git_head(ws.root),
         "compute_seconds": round(compute_seconds, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
+        "step_seconds": {step: round(t - marks[i][1], 2) for i, (step, t) in enumerate(marks[1:])},
     }
 
 

@@ -145,7 +145,7 @@ def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
 
     todo = [r for r in ledger.requests.values() if r.request.kind == "forget" and r.status != "resolved"
             and r.status != "unmatched"]
-    if not todo or not ws.layout.split_table("train").is_file():
+    if not todo or not ws.layout.split_dir("train").is_dir():
         return {}
     train = load_split(ws.layout, "train")
     return {rid: r.request.request_id for r in todo for rid in resolve(r.request, train, ws.secret_key())}

@@ -272,7 +272,7 @@ def test_a_failing_audit_gate_keeps_production_where_it_was(erased, capsys):
     params = yaml.safe_load((ws.root / "params.yaml").read_text())
     params.setdefault("audit", {})["max_forget_mia_auc"] = 0.0  # impossible to pass
     (ws.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    trained_on = next(src for src in load_split(ws.layout, "train").sources if src.startswith("team_home/"))
+    trained_on = min(src for src in load_split(ws.layout, "train").sources if src.startswith("team_home/"))
     assert cli("forget", "-C", str(ws.root), "--file", trained_on.split("/")[-1], "--json") == 0
     result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert result["audit"]["passed"] is False and not result["mlflow"]["promoted"]

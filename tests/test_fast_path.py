@@ -4,6 +4,8 @@ supersedes it (and purges its model files)."""
 
 import json
 
+import numpy as np
+
 import pytest
 
 from conftest import cli
@@ -61,13 +63,16 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     assert "FAIL  production carries the exact guarantee: v2 is approximate (amun)" in capsys.readouterr().out
 
     cached = ws.layout.outputs_cache  # the audits' outputs: training warmed it, the fast path added its own
-    assert len(list(cached.glob("*.npy"))) == 3 * (3 + 1)  # 3 splits x (3 constituents + 1 approximated)
+    assert len(list(cached.glob("*.npz"))) == 3 + 1  # one table per constituent: 3 trained + 1 approximated
 
     assert cli("erase", "-C", str(ws.root)) == 0  # the queued exact erasure
     capsys.readouterr()
     current = {md5_file(p) for p in (ws.root / "models" / "shards").glob("*.pt")}
-    left = list(cached.glob("*.npy"))  # pruned to the current constituents on the current splits
-    assert left and {f.name.split("-")[0] for f in left} <= current and len(left) == 3 * len(current)
+    left = list(cached.glob("*.npz"))  # pruned to the current constituents and records
+    assert {f.name.split("-")[0] for f in left} == current
+    cert = json.loads(sorted((ws.root / "lineage" / "certificates").glob("*.json"))[-1].read_text())
+    erased = set(cert["erased_record_ids"])
+    assert erased and not any(erased & set(np.load(f)["ids"].tolist()) for f in left)
     prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
     assert str(prod.version) == "3" and prod.tags["guarantee"] == "exact"
     approx = client.get_model_version("unlearnflow-sisa", "2")

@@ -10,6 +10,9 @@ def test_dvc_yaml_paths_agree_with_the_layout():
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     lay = Layout(REPO_ROOT)
     assert stages["prepare"]["outs"] == [lay.rel(lay.prepared)]
+    assert stages["partition"]["deps"] == [lay.rel(lay.split_dir("train"))]
+    assert lay.rel(lay.split_part("train", 3)[0]) == "data/prepared/train/part-03.npy"
+    assert lay.rel(lay.split_dir("test")) in stages["evaluate"]["deps"]
     assert stages["partition"]["outs"] == [lay.rel(lay.shards_dir)]
     train = stages["train"]["do"]
     item = "${item}"

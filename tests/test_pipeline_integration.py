@@ -107,8 +107,9 @@ def test_production_alias_serves_a_loadable_ensemble_that_matches_the_core(train
     assert version.tags["dvc_lock_md5"] == second["lineage"]["dvc_lock_md5"]
     served = mlflow.pyfunc.load_model(f"models:/{name}@production")
     test = load_split(Layout(ws.root), "test")
-    expected = load_ensemble(Layout(ws.root)).predict(test.images)
-    got = served.predict(test.images.reshape(len(test), -1).astype(np.float64))
+    pixels = np.asarray(test.images)  # a split's pixels stay on disk until read
+    expected = load_ensemble(Layout(ws.root)).predict(pixels)
+    got = served.predict(pixels.reshape(len(test), -1).astype(np.float64))
     assert np.array_equal(np.asarray(got), expected)
 
 

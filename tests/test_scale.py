@@ -195,3 +195,41 @@ def test_imagefolder_ingest_reads_only_what_changed_and_drops_deleted_files(tmp_
     assert np.array_equal(np.asarray(after.images), fresh.images) and after.record_ids == fresh.record_ids
     stored = b"".join(p.read_bytes() for p in cache.iterdir())
     assert erased not in stored and b"Away_image03" not in stored  # the cache forgot the erased file
+
+
+def test_an_erasure_rewrites_one_part_per_split_and_one_shard(tmp_path):
+    """What lets DVC hash and cache only what an erasure changed: unchanged parts and
+    shards keep their files (same mtime)."""
+    from unlearnflow import stages
+    layout = Layout(tmp_path)
+    cfg = DataConfig(dataset="synthetic:800")
+    first = stages.prepare(cfg, layout, b"k" * 32)
+    assert first["parts_written"] == 3 * 16
+    pcfg = PartitionConfig(shards=(0, 1, 2, 3), slices=2)
+    assert stages.partition_stage(pcfg, layout)["shards_written"] == [0, 1, 2, 3]
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    assert stages.prepare(cfg, layout, b"k" * 32)["parts_written"] == 0  # unchanged data: nothing rewritten
+    assert stages.partition_stage(pcfg, layout)["shards_written"] == []
+
+    train = stages.load_split(layout, "train")
+    subject = train.subject_ids[0]
+    gone = [r for r, s in zip(train.record_ids, train.subject_ids) if s == subject]
+    erased = stages.prepare(cfg, layout, b"k" * 32, _erasing(gone))
+    assert erased["parts_written"] == 1 and erased["train_records"] == len(train) - len(gone)
+    assert len(stages.partition_stage(pcfg, layout)["shards_written"]) == 1
+    changed = [p for p in files if p.exists() and p.stat().st_mtime_ns != mtimes[p]]
+    assert len([p for p in changed if p.parent.name == "train"]) == 2  # one part: pixels + table
+    assert len([p for p in changed if p.parent.name == "shards"]) == 2  # one shard: manifest + pixels
+    assert set(stages.load_split(layout, "train").record_ids) == set(train.record_ids) - set(gone)
+
+
+def _erasing(record_ids):
+    """A ledger state in which ``record_ids`` were erased by one request."""
+    from unlearnflow.ledger import LedgerState
+
+    class Erased(LedgerState):
+        def erased_records(self):
+            return set(record_ids)
+
+    return Erased()

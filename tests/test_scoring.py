@@ -56,6 +56,9 @@ def test_memory_only_outputs_and_pruning(tmp_path):
     cache.probabilities([a, b], records)
     kept_out = cache.probabilities([a], other, persist=False)[0]  # e.g. a forget set: never written down
     assert np.array_equal(kept_out, predict_proba(load_constituent(a)[0], other.images))
+    c = constituent(tmp_path / "c.pt", seed=2)  # a model with no stored outputs at all
+    assert np.array_equal(OutputCache(tmp_path / "cache").probabilities([c], other, persist=False)[0],
+                          predict_proba(load_constituent(c)[0], other.images))
     assert len(OutputCache(tmp_path / "cache").probabilities([a], other, persist=False)) == 1
     fresh = OutputCache(tmp_path / "cache")
     fresh.probabilities([a], other, persist=False)

@@ -68,12 +68,17 @@ class NpyFile:
         # runs of consecutive rows are one read each
         breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
         fd = self._file()
+        in_order = bool((order == np.arange(len(rows))).all())
         for run in np.split(np.arange(len(rows)), breaks):
             first, n = int(sorted_rows[run[0]]), len(run)
-            data = os.pread(fd, n * self.row_bytes, self.offset + first * self.row_bytes)
-            if len(data) != n * self.row_bytes:
+            # straight into ``out`` when the rows were asked for in order: no buffer per read
+            # (buffers of this size, freed at once, fragment the heap and RSS creeps up)
+            target = flat[run[0]:run[0] + n] if in_order else np.empty((n, self.row_bytes), np.uint8)
+            got = os.preadv(fd, [memoryview(target).cast("B")], self.offset + first * self.row_bytes)
+            if got != n * self.row_bytes:
                 raise ValueError(f"{self.path} is shorter than its header says (rows {first}..{first + n - 1})")
-            flat[order[run]] = np.frombuffer(data, dtype=np.uint8).reshape(n, self.row_bytes)
+            if not in_order:
+                flat[order[run]] = target
         return out
 
 

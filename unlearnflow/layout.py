@@ -2,7 +2,8 @@
 (``tests/test_layout.py`` checks that the two agree).
 
     ledger/requests.jsonl                           (git)      erasure / rectification requests
-    data/prepared/{train,test,holdout}.{npy,csv}   prepare    records + split (+ summary.json)
+    data/prepared/<split>/part-<p>.{npy,csv}       prepare    records of split train|test|holdout in PARTS
+                                                           parts by subject hash (+ summary.json)
     data/shards/shard_<k>.{json,npy}                partition  manifest + pixels per shard
     models/shards/shard_<k>.pt                      train@<k>  one constituent per shard
     models/ensemble.json                            aggregate  constituents' md5s + aggregation rule
@@ -34,11 +35,12 @@ class Layout:
     def prepared_summary(self) -> Path:
         return self.prepared / "summary.json"
 
-    def split_images(self, split: str) -> Path:
-        return self.prepared / f"{split}.npy"
+    def split_dir(self, split: str) -> Path:
+        return self.prepared / split
 
-    def split_table(self, split: str) -> Path:
-        return self.prepared / f"{split}.csv"
+    def split_part(self, split: str, part: int) -> tuple[Path, Path]:
+        """(pixels, table) of one part of a split (``records.PARTS`` parts by subject hash)."""
+        return self.split_dir(split) / f"part-{part:02d}.npy", self.split_dir(split) / f"part-{part:02d}.csv"
 
     @property
     def shards_dir(self) -> Path:

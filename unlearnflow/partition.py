@@ -113,10 +113,19 @@ def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManif
     return out
 
 
-def write_shard(manifest: ShardManifest, images: np.ndarray, manifest_path: Path, images_path: Path) -> None:
+def write_shard(manifest: ShardManifest, images, manifest_path: Path, images_path: Path) -> bool:
+    """Write the shard's files unless they already hold this manifest (record ids name
+    their pixels); returns whether anything was written."""
+    text = json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n"
+    try:
+        if Path(manifest_path).read_text() == text and NpyFile(images_path).shape == tuple(images.shape):
+            return False
+    except (OSError, ValueError):
+        pass
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     write_npy(images_path, images.shape, chunks_of(images))
+    manifest_path.write_text(text)
+    return True
 
 
 def read_shard(manifest_path: Path, images_path: Path) -> tuple[ShardManifest, Rows]:

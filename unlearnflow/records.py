@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,13 @@ def stable_sample(records: RecordSet, n: int, salt: str = "audit") -> RecordSet:
     return records.take(np.sort(np.argsort(keys, kind="stable")[:n]))
 
 
+PARTS = 16  # each split is stored in this many files by subject hash: an erasure rewrites one per split
+
+
+def part_of(subject_id: str) -> int:
+    return stable_bucket(PARTS, "part", subject_id)
+
+
 def split_records(records: RecordSet, cfg: DataConfig) -> dict[str, RecordSet]:
     splits = np.array([split_of(s, cfg) for s in records.subject_ids])
     return {name: records.take(np.flatnonzero(splits == name)) for name in SPLITS}
@@ -157,15 +165,43 @@ def split_records(records: RecordSet, cfg: DataConfig) -> dict[str, RecordSet]:
 CSV_FIELDS = ("record_id", "subject_id", "label", "source")
 
 
-def save_records(records: RecordSet, images_path: Path, table_path: Path) -> None:
+def table_text(records: RecordSet) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(("#classes", *records.classes))
+    w.writerow(CSV_FIELDS)
+    for rid, sid, label, src in zip(records.record_ids, records.subject_ids, records.labels, records.sources):
+        w.writerow((rid, sid, int(label), src))
+    return out.getvalue()
+
+
+def save_records(records: RecordSet, images_path: Path, table_path: Path) -> bool:
+    """Write pixels and table, unless the files already hold exactly these records (same
+    table, same pixel shape: a record id names its pixels), so that an unchanged part keeps
+    its mtime and DVC need not hash it again. Returns whether anything was written."""
+    text = table_text(records)
+    images_path, table_path = Path(images_path), Path(table_path)
+    try:
+        if table_path.read_text() == text and NpyFile(images_path).shape == records.images.shape:
+            return False
+    except (OSError, ValueError):
+        pass
     images_path.parent.mkdir(parents=True, exist_ok=True)
     write_npy(images_path, records.images.shape, chunks_of(records.images))
-    with open(table_path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(("#classes", *records.classes))
-        w.writerow(CSV_FIELDS)
-        for rid, sid, label, src in zip(records.record_ids, records.subject_ids, records.labels, records.sources):
-            w.writerow((rid, sid, int(label), src))
+    table_path.write_text(text)
+    return True
+
+
+def save_parts(records: RecordSet, paths) -> int:
+    """Write ``records`` as ``PARTS`` parts by subject hash; ``paths(p)`` gives part p's
+    (pixels, table). Returns how many parts were (re)written."""
+    part = np.array([part_of(s) for s in records.subject_ids], dtype=np.int64)
+    return sum(save_records(records.take(np.flatnonzero(part == p)), *paths(p)) for p in range(PARTS))
+
+
+def load_parts(paths) -> RecordSet:
+    """The records of all ``PARTS`` parts, part by part (pixels stay on disk)."""
+    return RecordSet.concat([load_records(*paths(p)) for p in range(PARTS)])
 
 
 def load_records(images_path: Path, table_path: Path) -> RecordSet:

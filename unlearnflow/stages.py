@@ -11,7 +11,6 @@ a small JSON-able summary.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from unlearnflow.layout import Layout
 from unlearnflow.ledger import LedgerState
 from unlearnflow.partition import partition, read_shard, write_shard
 from unlearnflow.pseudonyms import key_id, subject_key
-from unlearnflow.records import SPLITS, load_records, save_records, split_records
+from unlearnflow.records import PARTS, SPLITS, load_parts, save_parts, split_records
 from unlearnflow.scoring import OutputCache
 from unlearnflow.training import Callbacks, ModelSpec, train_constituent
 
@@ -50,10 +49,10 @@ def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerSt
     records = apply_requests(source, erased, rectified)
     check_tombstones(records, tombstones or {}, known_requests=ledger.requests)
     splits = split_records(records, cfg)
-    if layout.prepared.exists():
-        shutil.rmtree(layout.prepared)
-    for name in SPLITS:
-        save_records(splits[name], layout.split_images(name), layout.split_table(name))
+    expected = {layout.prepared_summary} | {f for name in SPLITS for p in range(PARTS)
+                                           for f in layout.split_part(name, p)}
+    remove_others(layout.prepared, expected)  # e.g. the files of an older layout
+    written = sum(save_parts(splits[name], lambda p, name=name: layout.split_part(name, p)) for name in SPLITS)
     summary = {
         "dataset": cfg.dataset,
         "records": len(records),
@@ -67,22 +66,36 @@ def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerSt
         **{f"{name}_records": len(splits[name]) for name in SPLITS},
     }
     write_json(layout.prepared_summary, summary)
-    return summary
+    return {**summary, "parts_written": written}  # not in summary.json: it would differ between runs
+
+
+def remove_others(folder: Path, keep: set[Path]) -> None:
+    """Delete every file under ``folder`` that is not in ``keep`` (and then-empty folders)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and path not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def load_split(layout: Layout, split: str):
-    return load_records(layout.split_images(split), layout.split_table(split))
+    """The records of one split (train | test | holdout), their pixels left on disk."""
+    return load_parts(lambda p: layout.split_part(split, p))
 
 
 def partition_stage(cfg: PartitionConfig, layout: Layout) -> dict:
-    """Write one manifest + pixel file per shard from the training split."""
+    """Write one manifest + pixel file per shard from the training split; a shard whose
+    manifest is unchanged keeps its files (and mtimes: DVC does not hash them again)."""
     train = load_split(layout, "train")
     shards = partition(train, cfg)
-    if layout.shards_dir.exists():
-        shutil.rmtree(layout.shards_dir)
-    summary = {"shards": cfg.num_shards, "slices": cfg.slices, "records": len(train), "per_shard": []}
+    remove_others(layout.shards_dir, {f for k in cfg.shards for f in (layout.shard_manifest(k), layout.shard_images(k))})
+    summary = {"shards": cfg.num_shards, "slices": cfg.slices, "records": len(train), "per_shard": [],
+               "shards_written": []}
     for manifest, images in shards:
-        write_shard(manifest, images, layout.shard_manifest(manifest.shard), layout.shard_images(manifest.shard))
+        if write_shard(manifest, images, layout.shard_manifest(manifest.shard), layout.shard_images(manifest.shard)):
+            summary["shards_written"].append(manifest.shard)
         summary["per_shard"].append(
             {
                 "shard": manifest.shard,

@@ -249,6 +249,10 @@ def predict_proba(model: nn.Module, images, batch_size: int = 512, device: torch
     model.eval()
     device = device or next(model.parameters()).device
     model.to(device)
-    out = [F.softmax(model(to_input(images[i:i + batch_size]).to(device)), dim=1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    probs = None  # one array for all outputs: per-batch pieces kept alive fragment the heap
+    for i in range(0, len(images), batch_size):
+        batch = F.softmax(model(to_input(images[i:i + batch_size]).to(device)), dim=1).cpu().numpy()
+        if probs is None:
+            probs = np.empty((len(images), batch.shape[1]), dtype=batch.dtype)
+        probs[i:i + len(batch)] = batch
+    return probs if probs is not None else np.zeros((0, 0), dtype=np.float32)

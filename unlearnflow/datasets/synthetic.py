@@ -4,7 +4,8 @@ Image i is one of the 5,000 packaged MNIST digits (mnist5k), placed at an offset
 32x32 canvas and painted in a foreground colour on a background colour, all drawn
 from a hash of i alone, so ``synthetic:50000`` is the first 50,000 images of
 ``synthetic:200000`` and no image depends on N (subjects do: there are ceil(N/5)). Pixels are made when read (nothing
-is stored), so the dataset costs only its ids in memory. Subjects are synthetic, as
+is stored), so the dataset costs only its ids in memory; the ids (hashes of every
+image) are computed once per workspace and kept in its ingest cache. Subjects are synthetic, as
 for every packaged dataset (``records.synthetic_subjects``). Real data stays the
 reference for accuracy; this is for measuring time and memory as N grows.
 """
@@ -12,6 +13,7 @@ reference for accuracy; this is for measuring time and memory as N grows.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +21,7 @@ from unlearnflow.arrays import Rows
 from unlearnflow.config import DataConfig
 from unlearnflow.datasets._registry import register_dataset
 from unlearnflow.errors import ConfigError
-from unlearnflow.records import RecordSet, packaged_records
+from unlearnflow.records import RecordSet, packaged_records, synthetic_subjects
 
 SIZE, PAD = 32, 4  # a 28x28 digit moves up to 4 pixels in each direction
 
@@ -73,10 +75,22 @@ class SyntheticImages:
 
 
 @lru_cache(maxsize=2)
-def _records(n: int, records_per_subject: int) -> RecordSet:
+def _records(n: int, records_per_subject: int, cache_dir: str | None) -> RecordSet:
     index = np.arange(n, dtype=np.int64)
-    return packaged_records("synthetic", Rows.of(SyntheticImages(n)), labels_of(index), range(10),
-                            records_per_subject)
+    images, labels = Rows.of(SyntheticImages(n)), labels_of(index)
+    ids_file = Path(cache_dir) / f"synthetic-{n}.ids" if cache_dir else None
+    if ids_file is not None and ids_file.is_file():
+        ids = ids_file.read_text().split()
+        if len(ids) == n:  # made once per workspace: the ids hash every image (8 s at N=200,000)
+            return RecordSet(images, labels, tuple(ids), tuple(synthetic_subjects(ids, records_per_subject)),
+                             tuple(f"synthetic:{i}" for i in range(n)), tuple(str(c) for c in range(10)))
+    records = packaged_records("synthetic", images, labels, range(10), records_per_subject)
+    if ids_file is not None:
+        ids_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ids_file.with_name(f".tmp-{ids_file.name}")
+        tmp.write_text("\n".join(records.record_ids) + "\n")
+        tmp.replace(ids_file)
+    return records
 
 
 @register_dataset("synthetic")
@@ -87,4 +101,4 @@ def load_synthetic(cfg: DataConfig, arg: str | None, cache_dir=None) -> RecordSe
         n = 0
     if n < 10:
         raise ConfigError(f"data.dataset = 'synthetic:{arg or ''}' needs a record count N >= 10, e.g. synthetic:50000")
-    return _records(n, cfg.records_per_subject)  # made once per process: ids hash every image
+    return _records(n, cfg.records_per_subject, str(cache_dir) if cache_dir else None)
