@@ -101,6 +101,7 @@ def one(tmp: Path, env: dict, n: int, s: int, args) -> dict:
         "forget_flow_s": erased["total_seconds"], "forget_command_s": round(t_forget, 1),
         "forget_peak_rss_mb": round(rss_forget), "erasure_overhead_s": round(t_forget - retrain_s, 1),
         "audit_s": erased["audit"]["seconds"],
+        "forget_step_seconds": erased.get("step_seconds", {}),
         "disk_mb": {"workspace": round(du_mb(ws)), "data": round(du_mb(ws, "data")),
                     "checkpoints": round(du_mb(ws, "checkpoints")), "dvc_cache": round(du_mb(ws, ".dvc/cache")),
                     "mlruns": round(du_mb(ws, "mlruns"))},
