@@ -179,7 +179,8 @@ def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.
     loader = torch.utils.data.DataLoader(_Batches(images, batches), batch_size=None, shuffle=False,
                                          num_workers=cfg.loader_workers)
     total = 0.0
-    for idx, pixels in zip(batches, loader):
+    for b, pixels in enumerate(loader):  # to its end: the workers then shut down in order
+        idx = batches[b]
         xb, yb = to_input(pixels), y[idx]
         if cfg.augment:
             xb = random_affine(xb, g)
