@@ -154,33 +154,55 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item b is the b-th batch of one epoch's order, as uint8 pixels read from disk."""
+class _Rows(torch.utils.data.Dataset):
+    """Item ``idx`` (an array of row numbers: one batch) is those rows' uint8 pixels, read from disk."""
 
-    def __init__(self, images, batches: list[np.ndarray]):
-        self.images, self.batches = images, batches
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.images[idx]))
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The batches of the current epoch, set by the training loop (the sampler stays in
+    this process, so persistent workers read whatever batches it names next)."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.images[self.batches[b]]))
+
+def batch_loader(images, workers: int) -> tuple[torch.utils.data.DataLoader, _EpochBatches]:
+    """A loader of the batches its sampler names. Workers are spawned, not forked: a fork
+    of a process holding Prefect's and MLflow's threads can die at exit (seen in CI), and
+    they persist across epochs, so each constituent pays their start-up once."""
+    sampler = _EpochBatches()
+    # its own generator: a DataLoader draws a seed per epoch, and from torch's global RNG that
+    # draw races with a seeded model init in another shard's thread (weights then differ)
+    loader = torch.utils.data.DataLoader(_Rows(images), sampler=sampler, batch_size=None, num_workers=workers,
+                                         multiprocessing_context="spawn" if workers else None,
+                                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    return loader, sampler
 
 
 def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
-                device: torch.device = torch.device("cpu")) -> float:
+                device: torch.device = torch.device("cpu"), loader=None) -> float:
     """One pass over the first ``len(y)`` rows of ``images`` in an order drawn from ``g``;
-    returns the mean loss. Batches are read (in ``cfg.loader_workers`` processes, or here)
-    and augmented with draws from ``g`` in order, so the workers change the speed only."""
+    returns the mean loss. Batches are read (by ``loader``'s workers, see ``batch_loader``,
+    or here) and augmented with draws from ``g`` in order, so workers change the speed only."""
     model.train()
     n = len(y)
     order = torch.randperm(n, generator=g)
-    batches = [order[start:start + cfg.batch_size].numpy() for start in range(0, n, cfg.batch_size)]
-    loader = torch.utils.data.DataLoader(_Batches(images, batches), batch_size=None, shuffle=False,
-                                         num_workers=cfg.loader_workers)
+    loader, sampler = loader or batch_loader(images, 0)
+    sampler.batches = [order[start:start + cfg.batch_size].numpy() for start in range(0, n, cfg.batch_size)]
     total = 0.0
-    for b, pixels in enumerate(loader):  # to its end: the workers then shut down in order
-        idx = batches[b]
+    for idx, pixels in zip(sampler.batches, loader):
         xb, yb = to_input(pixels), y[idx]
         if cfg.augment:
             xb = random_affine(xb, g)
@@ -226,12 +248,13 @@ def train_constituent(
     y = torch.as_tensor(np.asarray(manifest.labels, dtype=np.int64))
     bounds = manifest.slice_bounds()
     epochs = cfg.stage_epochs(manifest.num_slices)
+    loader = batch_loader(images, cfg.loader_workers) if resume + 1 < len(keys) else None
     trained = []
     for k in range(resume + 1, len(keys)):
         end = bounds[k][1]  # stage k sees slices 0..k
         for epoch in range(epochs if end > 0 else 0):
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, shard, k, epoch))
-            loss = train_epoch(model, opt, images, y[:end], cfg, g, device)
+            loss = train_epoch(model, opt, images, y[:end], cfg, g, device, loader)
             callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=epoch, epochs=epochs, loss=loss, records=end)
         trained.append(k)
         if store is not None:
