@@ -45,7 +45,10 @@ def test_streamed_npy_equals_np_save_and_rows_read_only_what_is_asked(tmp_path):
     assert view.shape == (105, 3, 4, 4) and np.array_equal(np.asarray(view), np.concatenate([a[100:200], a[:5]]))
     assert np.array_equal(pickle.loads(pickle.dumps(rows))[index], a[index])  # what a DataLoader worker gets
     with pytest.raises(ValueError, match="wrote 999 rows but the header says 1000"):
-        write_npy(tmp_path / "short.npy", a.shape, chunks_of(a[:999]))
+        write_npy(tmp_path / "streamed.npy", a.shape, chunks_of(a[:999]))
+    # a failed (or killed) write leaves the old file whole and no temporary behind
+    assert (tmp_path / "streamed.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved.npy", "streamed.npy"]
 
 
 def test_saved_splits_and_shards_are_read_lazily_and_round_trip(tmp_path):

@@ -161,17 +161,24 @@ def chunks_of(images, size: int = CHUNK) -> Iterator[np.ndarray]:
 
 
 def write_npy(path: str | Path, shape: tuple, chunks: Iterable[np.ndarray], dtype=np.uint8) -> None:
-    """Write an ``.npy`` file block by block; the bytes equal ``np.save`` of the whole array."""
+    """Write an ``.npy`` file block by block; the bytes equal ``np.save`` of the whole array.
+    Atomic: a reader (or a rerun after kill -9) sees the old file or the whole new one, never
+    a header that promises rows the file lacks."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(d) for d in shape)}
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     written = 0
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)  # what np.save writes for such shapes
-        for block in chunks:
-            block = np.ascontiguousarray(block, dtype=dtype)
-            f.write(block.tobytes())
-            written += len(block)
-    if written != shape[0]:
-        raise ValueError(f"{path}: wrote {written} rows but the header says {shape[0]}")
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)  # what np.save writes for such shapes
+            for block in chunks:
+                block = np.ascontiguousarray(block, dtype=dtype)
+                f.write(block.tobytes())
+                written += len(block)
+        if written != shape[0]:
+            raise ValueError(f"{path}: wrote {written} rows but the header says {shape[0]}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
