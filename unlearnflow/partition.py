@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearnflow.arrays import NpyFile, Rows, chunks_of, write_npy
+from unlearnflow.arrays import NpyFile, Rows
 from unlearnflow.config import PartitionConfig
 from unlearnflow.errors import ConfigError
 from unlearnflow.hashing import stable_bucket
-from unlearnflow.records import RecordSet
+from unlearnflow.records import RecordSet, write_unless_same
 
 
 def place(key: str, cfg: PartitionConfig) -> tuple[int, int]:
@@ -117,15 +117,7 @@ def write_shard(manifest: ShardManifest, images, manifest_path: Path, images_pat
     """Write the shard's files unless they already hold this manifest (record ids name
     their pixels); returns whether anything was written."""
     text = json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n"
-    try:
-        if Path(manifest_path).read_text() == text and NpyFile(images_path).shape == tuple(images.shape):
-            return False
-    except (OSError, ValueError):
-        pass
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    write_npy(images_path, images.shape, chunks_of(images))
-    manifest_path.write_text(text)
-    return True
+    return write_unless_same(text, Path(manifest_path), images, Path(images_path))
 
 
 def read_shard(manifest_path: Path, images_path: Path) -> tuple[ShardManifest, Rows]:

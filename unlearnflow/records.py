@@ -176,19 +176,23 @@ def table_text(records: RecordSet) -> str:
 
 
 def save_records(records: RecordSet, images_path: Path, table_path: Path) -> bool:
-    """Write pixels and table, unless the files already hold exactly these records (same
-    table, same pixel shape: a record id names its pixels), so that an unchanged part keeps
-    its mtime and DVC need not hash it again. Returns whether anything was written."""
-    text = table_text(records)
-    images_path, table_path = Path(images_path), Path(table_path)
+    """Write pixels and table unless they already hold these records (``write_unless_same``)."""
+    return write_unless_same(table_text(records), Path(table_path), records.images, Path(images_path))
+
+
+def write_unless_same(text: str, text_path: Path, images, images_path: Path) -> bool:
+    """Write ``images`` (pixels) and ``text`` (what names them: a table or manifest of record
+    ids) unless both files already hold them: same text, same pixel shape (a record id names
+    its pixels). An unchanged file keeps its mtime, so DVC need not hash it again. The text
+    goes last, so a write cut short never leaves a text that vouches for other pixels.
+    Returns whether anything was written."""
     try:
-        if table_path.read_text() == text and NpyFile(images_path).shape == records.images.shape:
+        if text_path.read_text() == text and NpyFile(images_path).shape == tuple(images.shape):
             return False
     except (OSError, ValueError):
         pass
-    images_path.parent.mkdir(parents=True, exist_ok=True)
-    write_npy(images_path, records.images.shape, chunks_of(records.images))
-    table_path.write_text(text)
+    write_npy(images_path, images.shape, chunks_of(images))
+    text_path.write_text(text)
     return True
 
 

@@ -126,6 +126,7 @@ class _Cache:
     size, mtime, record id), for one folder and image size. Replaced whole, atomically."""
 
     def __init__(self, cache_dir: Path, root: Path, size: int):
+        self.size = size  # every image becomes RGB, size x size
         key = sha256_hex(f"{INGEST_FORMAT}:{root.resolve()}:{size}".encode())[:16]
         self.pixels, self.index = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
 
@@ -151,23 +152,12 @@ class _Cache:
                 block = {n: row for n, row in zip(hits, old.read([reuse[n] for n in hits]))} if hits else {}
                 yield np.stack([block[n] if n in block else decode(n) for n in span])
 
-        self.pixels.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.pixels.with_name(f".tmp-{os.getpid()}-{self.pixels.name}")
-        try:
-            write_npy(tmp, (len(files), *_shape(old, decode, files, reuse)), blocks())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        pixels = self.pixels.with_name(f".new-{self.pixels.name}")  # the old one is read while this is written
+        write_npy(pixels, (len(files), 3, self.size, self.size), blocks())  # atomic
         rows = [[rel, label, nbytes, mtime, rid] for (_, rel, label, nbytes, mtime), rid in zip(files, ids)]
         index_tmp = self.index.with_name(f".tmp-{os.getpid()}-{self.index.name}")
         index_tmp.write_text(json.dumps({"format": INGEST_FORMAT, "rows": rows}))
         self.index.unlink(missing_ok=True)  # never an index that names the wrong pixels
-        tmp.replace(self.pixels)
+        pixels.replace(self.pixels)
         index_tmp.replace(self.index)
         return Rows.of(NpyFile(self.pixels))
-
-
-def _shape(old, decode, files, reuse) -> tuple:
-    if old is not None:
-        return old.shape[1:]
-    return decode(0).shape  # the first file (decoded again when its block is written)
