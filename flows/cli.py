@@ -37,6 +37,7 @@ QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "unlearnflow",  # our progress lines in the flow run's logs
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run … at": stdout is for our report / --json
 }
 
 
@@ -542,10 +543,8 @@ def cmd_status(args) -> int:
         info["dvc_status_clean"] = lineage.dvc_status_clean(ws.root)[0]
     mv = production_version(ws, params.tracking.registered_model)
     info["production"] = None if mv is None else {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, **mv.tags}
-    from tasks.approximate import approximated_requests
-
     pending = [r.request.request_id for r in ws.pending_requests()]
-    approximated = approximated_requests(ws)
+    approximated = ws.approximated_requests()
     info["requests_pending_exact"] = pending
     info["requests_only_approximately_forgotten"] = [r for r in pending if r in approximated]
     if args.json:
@@ -577,6 +576,9 @@ def cmd_ui(args) -> int:
 
     ws = Workspace(args.workspace)
     ws.check()
+    if ws.remote_tracking:  # a tracking server already serves the UI
+        print(f"this workspace tracks to {ws.tracking_uri} (UNLEARNFLOW_TRACKING_URI): open that address")
+        return 0
     with socket.socket() as probe:
         try:
             probe.bind((args.host, args.port))

@@ -115,7 +115,8 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
         metrics={"test_accuracy": metrics["ensemble_accuracy"], **nan_to_none(audited["forgotten"])},
         audit={"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
                "passed": audit_ok, "failed_because": audit_reasons},
-        purged={**purged, "files_deleted": files_deleted, "dvc_cache": "gc --workspace"},
+        purged={**purged, "files_deleted": files_deleted, "dvc_cache": "gc --workspace"
+                + (f" --cloud --remote {data_lineage['dvc_remote']}" if data_lineage.get("dvc_remote") else "")},
         superseded=("kept: " + params.retention.reason) if params.retention.keep_superseded
         else "model files deleted once this version is in production",
         train_device=", ".join(sorted({s["device"] for s in shards})))

@@ -21,25 +21,13 @@ from unlearnflow.partition import read_shard
 from unlearnflow.records import SPLITS, RecordSet
 from unlearnflow.stages import load_split
 
-RECORDS_DIR = "lineage/approximations"
-
-
-def approximation_records(ws: Workspace) -> list[dict]:
-    folder = ws.root / RECORDS_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
-def approximated_requests(ws: Workspace) -> set[str]:
-    return {rid for rec in approximation_records(ws) for rid in rec["requests"]}
-
-
 @task(name="resolve-for-approximation", cache_policy=NO_CACHE)
 def resolve_pending(params: Params, root: str) -> dict:
     """Pending requests no approximate version has handled yet, matched in memory to the
     records of the workspace's data version (what the served constituents were trained and
     evaluated on); the ledger and the data stay as they are until the exact erase flow."""
     ws = Workspace(root)
-    done = approximated_requests(ws)
+    done = ws.approximated_requests()
     todo = [r for r in ws.pending_requests() if r.request.request_id not in done]
     records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS]) if todo else None
     erased, rectified, report = set(), {}, []
@@ -85,7 +73,7 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
 
 
 def find_record(ws: Workspace, approximation_id: str) -> Path | None:
-    hits = sorted((ws.root / RECORDS_DIR).glob(f"[0-9][0-9][0-9][0-9]-{approximation_id}.json"))
+    hits = sorted(ws.layout.approximations.glob(f"[0-9][0-9][0-9][0-9]-{approximation_id}.json"))
     return hits[0] if hits else None
 
 
@@ -96,7 +84,7 @@ def write_record(root: str, body: dict) -> str:
     existing = find_record(ws, body["approximation_id"])
     if existing:
         return str(existing)
-    folder = ws.root / RECORDS_DIR
+    folder = ws.layout.approximations
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{len(list(folder.glob('*.json'))) + 1:04d}-{body['approximation_id']}.json"
     atomic_write(path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())

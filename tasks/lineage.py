@@ -9,6 +9,8 @@ workspace (``--wait-for-lock``): two DVC commands at once would fail on DVC's lo
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +42,75 @@ def dvc_commit(root: Path) -> None:
     dvc(root, "commit", "--force", "--quiet")
 
 
-def dvc_gc_workspace(root: Path) -> None:
-    """Drop every DVC cache object the current workspace does not use (erased data included)."""
-    dvc(root, "gc", "--workspace", "--force", "--quiet")
+def dvc_gc_workspace(root: Path, remote: str | None = None) -> None:
+    """Drop every DVC cache object the current workspace does not use (erased data included);
+    with ``remote``, from that DVC remote too (``--cloud``)."""
+    cloud = ["--cloud", "--remote", remote] if remote else []
+    dvc(root, "gc", "--workspace", *cloud, "--force", "--quiet")
+
+
+# ---- the DVC remote ----------------------------------------------------------------------
+
+REMOTE = "unlearnflow"  # the remote UNLEARNFLOW_DVC_REMOTE configures (in .dvc/config.local)
+
+
+def dvc_remote(root: Path) -> str | None:
+    """The DVC remote this workspace's data versions go to, or None (data stays in the workspace).
+
+    ``UNLEARNFLOW_DVC_REMOTE`` (a directory or ``s3://bucket/path``; for an S3-compatible
+    server also ``UNLEARNFLOW_DVC_REMOTE_ENDPOINT``) becomes remote ``unlearnflow`` in the
+    git-ignored ``.dvc/config.local``, under a folder named after the workspace's first git
+    commit: ``gc --cloud`` deletes whatever the workspace does not use, so two workspaces must
+    never share one folder. Without it, the repository's default remote (``dvc remote add -d``).
+    """
+    url = os.environ.get("UNLEARNFLOW_DVC_REMOTE")
+    if url:
+        first = git(root, "rev-list", "--max-parents=0", "HEAD").stdout.split()[-1][:12]
+        settings = {"url": f"{url.rstrip('/')}/{first}"}
+        if os.environ.get("UNLEARNFLOW_DVC_REMOTE_ENDPOINT"):
+            settings["endpointurl"] = os.environ["UNLEARNFLOW_DVC_REMOTE_ENDPOINT"]
+        if _remote_settings(root, REMOTE) != settings:
+            dvc(root, "remote", "add", "--local", "--force", REMOTE, settings["url"])
+            for key, value in settings.items():
+                if key != "url":
+                    dvc(root, "remote", "modify", "--local", REMOTE, key, value)
+        return REMOTE
+    return _config(root).get("core", {}).get("remote")
+
+
+def dvc_push(root: Path, remote: str) -> None:
+    dvc(root, "push", "--remote", remote, "--quiet")
+
+
+def remote_objects(root: Path, remote: str) -> tuple[set[str], set[str]]:
+    """(objects the DVC remote holds, objects the workspace's dvc.lock uses), as md5 object ids
+    (a directory's listing as ``<md5>.dir``, then each of its files)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stored = set(repo.cloud.get_remote_odb(remote, "verify").all())
+        cache = repo.cache.local
+        used = set()
+        for out in repo.index.outs:  # as dvc.lock records them; `cache: false` outs are never pushed
+            oid = out.hash_info.value if out.use_cache and out.hash_info else None
+            if oid:
+                used.add(oid)
+            if oid and oid.endswith(".dir"):
+                used |= {e["md5"] for e in json.loads(Path(cache.oid_to_path(oid)).read_text())}
+    return stored, used
+
+
+def _config(root: Path) -> dict:
+    """.dvc/config with .dvc/config.local over it, as {section: {key: value}}."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
+    return {name.strip("'"): dict(parser[name]) for name in parser.sections()}
+
+
+def _remote_settings(root: Path, name: str) -> dict:
+    return _config(root).get(f'remote "{name}"', {})
 
 
 def dvc_status_clean(root: Path) -> tuple[bool, str]:

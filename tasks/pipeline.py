@@ -26,7 +26,21 @@ def partition(cfg: PartitionConfig, root: str) -> dict:
 
 @task(name="train-shard", task_run_name="train-shard-{shard}", cache_policy=NO_CACHE)
 def train_shard(cfg: TrainConfig, root: str, shard: int) -> dict:
-    return stages.train_stage(cfg, Layout(root), shard, progress_callbacks())
+    return {**stages.train_stage(cfg, Layout(root), shard, progress_callbacks()), "executor": _executor()}
+
+
+def _executor() -> str:
+    """Where this task ran: a Dask worker's name and address, else this host and process."""
+    import os
+    import socket
+
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        return f"dask {worker.name} {worker.address}"
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return f"local {socket.gethostname()} pid {os.getpid()}"
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -59,12 +73,16 @@ def score_for_audits(params, root: str) -> dict:
 
 @task(name="record-lineage", cache_policy=NO_CACHE)
 def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> dict:
-    """dvc commit (hashes into dvc.lock + cache), then git commit of the lineage files.
-    With ``gc``, cache objects the workspace no longer uses (erased data) are deleted."""
+    """dvc commit (hashes into dvc.lock + cache), ``dvc push`` to the workspace's DVC remote if
+    it has one, then git commit of the lineage files. With ``gc``, objects the workspace no
+    longer uses (erased data) are deleted from the cache and from the remote."""
     ws = Workspace(root)
     lineage_mod.dvc_commit(ws.root)
+    remote = lineage_mod.dvc_remote(ws.root)
+    if remote:
+        lineage_mod.dvc_push(ws.root, remote)
     if gc:
-        lineage_mod.dvc_gc_workspace(ws.root)
+        lineage_mod.dvc_gc_workspace(ws.root, remote)
     info = lineage_mod.lock_info(ws.root)
     head = lineage_mod.git_commit_lineage(ws.root, message) if commit else lineage_mod.git_head(ws.root)
     clean, status = lineage_mod.dvc_status_clean(ws.root)
@@ -76,6 +94,7 @@ def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> d
         "dvc_status_clean": clean,
         "dvc_status": status,
         "data_version": data_version,
+        "dvc_remote": remote,
     }
 
 

@@ -1,11 +1,23 @@
-"""The Prefect task runner that per-shard training is mapped over (``runner`` in params.yaml)."""
+"""The Prefect task runner that per-shard training is mapped over (``runner`` in params.yaml).
+
+``UNLEARNFLOW_DASK_ADDRESS`` (what ``deploy/stack.sh`` writes into its env file) sends the
+shards to that Dask scheduler whatever ``runner.kind`` says: where shards train is a fact of
+the deployment, not of the experiment (the constituents are bitwise the same).
+"""
 
 from __future__ import annotations
+
+import os
 
 from unlearnflow.config import RunnerConfig
 
 
 def make_task_runner(cfg: RunnerConfig):
+    address = os.environ.get("UNLEARNFLOW_DASK_ADDRESS")
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=address)
     if cfg.kind == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -63,7 +63,7 @@ def setup(ws: Workspace, experiment: str) -> str:
         logging.getLogger("unlearnflow").info("creating the workspace's MLflow store (mlflow.db): a few seconds, once")
     client_for(ws)
     exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
+    if exp is None:  # a tracking server picks the artifact location itself (proxied: mlflow-artifacts:/)
         exp_id = mlflow.create_experiment(experiment, artifact_location=ws.artifact_root)
     else:
         exp_id = exp.experiment_id
@@ -206,6 +206,7 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
                 "dvc_model_md5": stage_outs.get(layout.rel(layout.model(k)), ""),
                 "checkpoint_key": s["slice_keys"][-1],
                 "resumed_from_stage": str(s["resumed_from"]),
+                "executor": s.get("executor", ""),  # a Dask worker, or this host's process
                 "git_commit": lineage["git_commit"] or "",
             }
         )
@@ -269,8 +270,10 @@ def retain_superseded(ws: Workspace, params: Params, keep_version: str, erasure:
 def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: str) -> list[str]:
     """Delete the stored model files of every other version (they were trained on erased data).
 
-    Registry entries stay, tagged ``purged``, so the history remains readable.
-    Only local (file://) artifact stores are handled.
+    Registry entries stay, tagged ``purged``, so the history remains readable. The files go
+    through MLflow's artifact repository for their location: a local folder, or the tracking
+    server's proxied store (``mlflow-artifacts:``), whose server deletes them; a local copy in
+    the workspace's model cache goes too.
     """
     client = client_for(ws)
     name = params.tracking.registered_model
@@ -278,14 +281,39 @@ def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: s
     for mv in client.search_model_versions(f"name = '{name}'"):
         if str(mv.version) == str(keep_version) or mv.tags.get("purged"):
             continue
-        path = model_files_dir(ws, mv)
-        if not path.is_absolute() or not str(path).startswith(str(ws.root)):
+        location = model_location(ws, mv)
+        if location.startswith("file:") and not _local_path(location).is_relative_to(ws.root):
             raise RuntimeError(f"cannot purge model version {mv.version}: its artifacts are not in this workspace "
-                               f"({path}); delete them from that store by hand")
-        shutil.rmtree(path, ignore_errors=True)
+                               f"({location}); delete them from that store by hand")
+        if location.startswith("file:"):
+            shutil.rmtree(_local_path(location), ignore_errors=True)
+        else:
+            _artifact_repository(location).delete_artifacts()
+        shutil.rmtree(ws.layout.model_cache / f"v{mv.version}", ignore_errors=True)
         client.set_model_version_tag(name, mv.version, "purged", reason)
         purged.append(str(mv.version))
     return purged
+
+
+def stored_artifacts(ws: Workspace, mv) -> list[str]:
+    """Paths of the files a registered version's model location still holds, asked of the store
+    itself (``verify``: a purged version must hold none)."""
+    repo = _artifact_repository(model_location(ws, mv))
+    found, todo = [], [None]
+    while todo:
+        for info in repo.list_artifacts(todo.pop()):
+            (todo if info.is_dir else found).append(info.path)
+    return found
+
+
+def _artifact_repository(location: str):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(location)
+
+
+def _local_path(location: str) -> Path:
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
 
 
 def production_version(ws: Workspace, registered_model: str):
@@ -398,12 +426,32 @@ def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float 
     return None
 
 
-def model_files_dir(ws: Workspace, mv) -> Path:
-    """Local directory of a registered version's logged model (MLflow 3: ``models:/m-…``)."""
+def model_location(ws: Workspace, mv) -> str:
+    """Artifact URI of a registered version's logged model (MLflow 3: ``models:/m-…`` → its location)."""
     location = mv.source
     if location.startswith("models:/"):
         location = client_for(ws).get_logged_model(location.split("/", 1)[1].strip("/")).artifact_location
-    return Path(urllib.parse.urlparse(location).path) if location.startswith("file:") else Path(location)
+    return location
+
+
+def model_files_dir(ws: Workspace, mv, fresh: bool = False) -> Path:
+    """Local directory of a registered version's logged model. A store outside the workspace
+    (a tracking server) is downloaded once into ``Layout.model_cache``; ``fresh`` downloads
+    again (``verify`` checks what the server holds, not an earlier copy)."""
+    location = model_location(ws, mv)
+    if location.startswith("file:") or "://" not in location and ":" not in location.split("/", 1)[0]:
+        return _local_path(location) if location.startswith("file:") else Path(location)
+    target = ws.layout.model_cache / f"v{mv.version}"
+    if fresh or not (target / "MLmodel").is_file():
+        import tempfile
+
+        ws.layout.model_cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ws.layout.model_cache) as tmp:
+            client_for(ws)
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
+            shutil.rmtree(target, ignore_errors=True)
+            got.rename(target)
+    return target
 
 
 def stored_constituents(ws: Workspace, mv) -> dict | None:

@@ -8,7 +8,9 @@
 3. the certificate chain is intact and signed by this workspace's key (the one MLflow
    recorded), and every certificate equals its committed git blob and its copy in its
    MLflow run; no certificate that git or MLflow knows is missing;
-4. with ``retrain``: the constituents the latest erasure retrained, trained again from
+4. MLflow's artifact store holds no file of a purged version and the DVC remote, if the
+   workspace pushes to one, exactly the objects the current dvc.lock uses;
+5. with ``retrain``: the constituents the latest erasure retrained, trained again from
    scratch on their manifests, are bitwise identical to the served ones.
 """
 
@@ -20,10 +22,7 @@ from dataclasses import dataclass
 from tasks import lineage
 from tasks.workspace import Workspace
 from unlearnflow import certificates
-from unlearnflow.ensemble import constituent_bytes
 from unlearnflow.hashing import md5_file
-from unlearnflow.partition import read_shard
-from unlearnflow.training import ModelSpec, train_constituent
 
 
 @dataclass
@@ -120,8 +119,15 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     checks.append(Check("certificates equal their git and MLflow copies; none missing", not copies,
                         "; ".join(copies[:4]) or f"{len(certs)} certificate(s) = committed blob = MLflow copy"))
 
-    # 4. retrain
+    # 4. the stores beyond the workspace: MLflow's artifact store, the DVC remote
+    checks.extend(_store_checks(ws, params.tracking.registered_model))
+
+    # 5. retrain
     if retrain:
+        from unlearnflow.ensemble import constituent_bytes  # torch: only for the retrain check
+        from unlearnflow.partition import read_shard
+        from unlearnflow.training import ModelSpec, train_constituent
+
         shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
         mismatched = []
         for k in shards:
@@ -140,13 +146,13 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
 def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
     """record_id -> request_id for forget requests not yet carried out, matched against the
     current training split (what the manifests were made from)."""
-    from unlearnflow.erasure import resolve
-    from unlearnflow.stages import load_split
-
     todo = [r for r in ledger.requests.values() if r.request.kind == "forget" and r.status != "resolved"
             and r.status != "unmatched"]
     if not todo or not ws.layout.split_dir("train").is_dir():
         return {}
+    from unlearnflow.erasure import resolve
+    from unlearnflow.stages import load_split  # torch, through the stages: only when requests are pending
+
     train = load_split(ws.layout, "train")
     return {rid: r.request.request_id for r in todo for rid in resolve(r.request, train, ws.secret_key())}
 
@@ -197,4 +203,33 @@ def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
     """md5 of each constituent file inside the registered version's stored model."""
     from tasks.tracking import model_files_dir
 
-    return {p.stem.split("_", 1)[1]: md5_file(p) for p in (model_files_dir(ws, mv) / "artifacts").glob("shard_*.pt")}
+    files = model_files_dir(ws, mv, fresh=True) / "artifacts"
+    return {p.stem.split("_", 1)[1]: md5_file(p) for p in files.glob("shard_*.pt")}
+
+
+def _store_checks(ws: Workspace, name: str) -> list[Check]:
+    """What the stores outside the workspace hold: MLflow's artifact store keeps no file of a
+    purged version; the DVC remote (if the workspace has one) no object the current data
+    version does not use, so no prepared file, shard or model that held an erased record."""
+    from tasks.tracking import registered_versions, stored_artifacts
+
+    left = {}
+    purged = [v for v in registered_versions(ws, name) if v.tags.get("purged")]
+    for v in purged:
+        files = stored_artifacts(ws, v)
+        if files:
+            left[v.version] = files
+    checks = [Check("purged versions hold no model file in MLflow's artifact store", not left,
+                    f"{len(purged)} purged version(s) asked of the store"
+                    + (f"; STILL STORED: " + "; ".join(f"v{v}: {len(f)} files ({f[0]}…)" for v, f in left.items())
+                       if left else ": 0 files"))]
+    remote = lineage.dvc_remote(ws.root)
+    if remote:
+        stored, used = lineage.remote_objects(ws.root, remote)
+        extra, missing = stored - used, used - stored
+        checks.append(Check(f"DVC remote '{remote}' holds exactly the current data version", not extra and not missing,
+                            f"{len(stored)} objects on the remote, {len(used)} used by dvc.lock"
+                            + (f"; {len(extra)} NOT USED (older data versions, erased records possible: run "
+                               f"`unlearnflow erase` or `dvc gc -w -c -r {remote}`)" if extra else "")
+                            + (f"; {len(missing)} MISSING (run `dvc push -r {remote}`)" if missing else "")))
+    return checks

@@ -6,6 +6,7 @@ here, once, into ``unlearnflow.config.Params``.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -172,6 +173,12 @@ class Workspace:
 
         return self.ledger().read().pending(completed_requests(self.layout.certificates))
 
+    def approximated_requests(self) -> set[str]:
+        """Requests a fast-path (approximate) version has handled (``lineage/approximations``)."""
+        folder = self.layout.approximations
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+        return {rid for rec in records for rid in rec["requests"]}
+
     def tombstones(self) -> dict[str, str]:
         return read_tombstones(self.layout.tombstones)
 
@@ -184,8 +191,14 @@ class Workspace:
         return os.environ.get("UNLEARNFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
-        return (self.root / "mlruns").as_uri()
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep artifacts: the workspace's ``mlruns/`` with its own SQLite
+        store; None with a tracking server, which decides (proxied: ``mlflow-artifacts:/``)."""
+        return None if self.remote_tracking else (self.root / "mlruns").as_uri()
+
+    @property
+    def remote_tracking(self) -> bool:
+        return bool(os.environ.get("UNLEARNFLOW_TRACKING_URI"))
 
 
 def tool_env() -> dict:

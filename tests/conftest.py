@@ -15,6 +15,8 @@ os.environ.update(QUIET_ENV)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("UNLEARNFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+for _name in ("UNLEARNFLOW_DASK_ADDRESS", "UNLEARNFLOW_DVC_REMOTE", "UNLEARNFLOW_DVC_REMOTE_ENDPOINT"):
+    os.environ.pop(_name, None)  # a sourced deploy/stack.sh env file must not reach the tests
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

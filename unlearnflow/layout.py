@@ -83,6 +83,11 @@ class Layout:
         return self.root / "lineage" / "certificates"
 
     @property
+    def approximations(self) -> Path:
+        """One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json."""
+        return self.root / "lineage" / "approximations"
+
+    @property
     def private(self) -> Path:
         """Workspace state that must never enter git: the subject key, tombstones."""
         return self.root / ".unlearnflow"
@@ -91,6 +96,12 @@ class Layout:
     def outputs_cache(self) -> Path:
         """Constituent outputs on the splits (``scoring.OutputCache``), kept for audits."""
         return self.private / "outputs"
+
+    @property
+    def model_cache(self) -> Path:
+        """Local copies of registered versions' model files when MLflow stores them elsewhere
+        (a tracking server): one folder per version, deleted when the version is purged."""
+        return self.private / "model-cache"
 
     @property
     def ingest_cache(self) -> Path:
