@@ -181,24 +181,28 @@ def test_erasure_reaches_every_store_of_the_stack(stack, tmp_path):
     v1_files = {hashlib.md5(b).hexdigest() for b in files_under(v1_dir)}
     assert v1_files, "version 1's model files are in the artifact store"
 
+    # the fast path first (finetune on the production model, read through the server: v2,
+    # approximate), then the exact erasure (v3); both older versions are purged
     args = [a for s in subjects for a in ("--subject", s)]
-    unlearnflow(root, env, "forget", *args)
+    unlearnflow(root, env, "forget", *args, "--method", "finetune")
     checks = unlearnflow(root, env, "verify").stdout
-    assert "PASS  purged versions hold no model file in MLflow's artifact store" in checks
+    assert "PASS  purged versions hold no model file in MLflow's artifact store: 2 purged version(s)" in checks
     assert "PASS  DVC remote 'unlearnflow' holds exactly the current data version" in checks
-    v2 = client.get_model_version_by_alias(MODEL, "production")
-    assert int(v2.version) == 2 and client.get_model_version(MODEL, "1").tags.get("purged")
-    erase_executors = executors(v2.run_id)
+    v3 = client.get_model_version_by_alias(MODEL, "production")
+    v2 = client.get_model_version(MODEL, "2")
+    assert int(v3.version) == 3 and v2.tags.get("guarantee") == "approximate"
+    assert all(client.get_model_version(MODEL, v).tags.get("purged") for v in ("1", "2"))
+    erase_executors = executors(v3.run_id)
     assert erase_executors and all(e.startswith("dask worker-") for e in erase_executors.values())
 
-    # the stores themselves: 0 erased byte patterns, 0 files of the purged version
+    # the stores themselves: 0 erased byte patterns, 0 files of the purged versions
     assert count_hits(s3_objects(exports), patterns) == 0
     assert count_hits(files_under(stack["dir"] / "artifacts"), patterns) == 0
-    v2_files = {hashlib.md5(b).hexdigest() for b in files_under(Path(lineage_location(client, v2, stack["dir"])))}
+    v3_files = {hashlib.md5(b).hexdigest() for b in files_under(Path(lineage_location(client, v3, stack["dir"])))}
     left = [p for p in (stack["dir"] / "artifacts").rglob("*")
-            if p.is_file() and hashlib.md5(p.read_bytes()).hexdigest() in v1_files - v2_files]
-    assert not v1_dir.exists() and left == []
-    assert not (root / ".unlearnflow" / "model-cache" / "v1").exists()
+            if p.is_file() and hashlib.md5(p.read_bytes()).hexdigest() in v1_files - v3_files]
+    assert not v1_dir.exists() and not Path(lineage_location(client, v2, stack["dir"])).exists() and left == []
+    assert not any((root / ".unlearnflow" / "model-cache" / f"v{v}").exists() for v in (1, 2))
 
 
 def lineage_location(client, mv, stack_dir: Path) -> str:
