@@ -515,6 +515,9 @@ def cmd_lineage(args) -> int:
         if t.get("guarantee") == "approximate":
             print(f"    approximation {t.get('approximation_id')}: {t.get('unlearn_method')} on v{t.get('base_version')} "
                   f"for requests {t.get('approximated_requests')}; exact erasure {t.get('exact_erasure')}")
+        if t.get("dp_epsilon"):
+            print(f"    DP-SGD: (epsilon {t['dp_epsilon']}, delta {t['dp_delta']}) per record, largest over the "
+                  f"constituents (noise multiplier {t.get('dp_noise_multiplier')}, clip {t.get('dp_max_grad_norm')})")
         if t.get("promotion"):
             print(f"    {t['promotion']}")
         if t.get("purged"):

@@ -4,7 +4,10 @@ Logged as MLflow "models from code": MLflow stores this file and runs it on load
 (``set_model`` below), so no Python object is pickled.
 
 Input: images as an array or DataFrame, either (N, C, H, W) uint8 or flattened
-(N, C*H*W) pixel values in 0..255. Output: predicted class indices (N,).
+(N, C*H*W) pixel values in 0..255. Output: predicted class indices (N,), or with
+``params={"output": "probabilities"}`` the aggregated class probabilities (N, K) the
+prediction is the argmax of: what an auditor needs for a loss-based membership test,
+and what ``unlearnflow audit`` scores (see ``OUTPUTS``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
+OUTPUTS = ("classes", "probabilities")  # params={"output": ...}; the signature declares it
+
+
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from unlearnflow.ensemble import Ensemble, load_constituent
@@ -30,9 +36,13 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         self.input_shape = tuple(load_constituent(paths[0])[1]["spec"]["input_shape"])
 
     def predict(self, context, model_input, params=None):
+        output = (params or {}).get("output", "classes")
+        if output not in OUTPUTS:
+            raise ValueError(f"params output = {output!r} is invalid: expected one of {', '.join(OUTPUTS)}")
         x = np.asarray(model_input)
         x = x.reshape((len(x), *self.input_shape)).astype(np.uint8)  # (N, C, H, W)
-        return self.ensemble.predict(x)
+        scores = self.ensemble.scores(x)  # (N, K)
+        return scores if output == "probabilities" else scores.argmax(axis=1)
 
 
 mlflow.models.set_model(EnsemblePyfunc())

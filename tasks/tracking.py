@@ -90,6 +90,7 @@ def log_pipeline_run(
         "data_version": lineage["data_version"],
         "guarantee": "exact",
         "train_device": ", ".join(sorted({s.get("device", "cpu") for s in shards})),  # cpu | cuda/<GPU name>
+        **_dp_tags(params, shards),
     }
     with mlflow.start_run(run_name=run_name) as parent:
         mlflow.log_params(_flatten(params.to_dict()))
@@ -125,6 +126,17 @@ def log_pipeline_run(
     return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
 
 
+def _dp_tags(params: Params, shards: list[dict]) -> dict:
+    """With ``train.dp``: the version's (epsilon, delta), the largest over its constituents
+    (each record is in one shard only, so the shards compose in parallel)."""
+    if params.train.dp is None:
+        return {}
+    worst = max(s["dp_epsilon"] for s in shards)
+    return {"dp_epsilon": f"{worst:.4f}", "dp_delta": f"{params.train.dp.delta:g}",
+            "dp_noise_multiplier": f"{params.train.dp.noise_multiplier:g}",
+            "dp_max_grad_norm": f"{params.train.dp.max_grad_norm:g}"}
+
+
 def _log_ensemble_model(params: Params, artifacts: dict) -> str:
     """Log the aggregated model as a pyfunc and register it; returns the new version."""
     with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
@@ -136,8 +148,18 @@ def _log_ensemble_model(params: Params, artifacts: dict) -> str:
             code_paths=[str(Path(__file__).resolve().parent.parent / "unlearnflow")],
             pip_requirements=_pip_requirements(),
             registered_model_name=params.tracking.registered_model,
+            signature=_signature(),
         )
     return str(info.registered_model_version)
+
+
+def _signature():
+    """The served model's parameters: ``output`` = classes (default) | probabilities. Inputs are
+    images in two accepted shapes, checked by the model itself, so no input schema is declared."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([ParamSpec("output", "string", "classes")]))
 
 
 def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str, base_version: str,
@@ -213,7 +235,8 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
         mlflow.log_params({"shard": k, "records": s["records"], "slice_keys": json.dumps(s["slice_keys"])})
         mlflow.log_metrics(
             {"test_accuracy": metrics["shard_accuracy"][str(k)], "train_seconds": s["seconds"],
-             "trained_stages": len(s["trained_stages"])}
+             "trained_stages": len(s["trained_stages"]),
+             **({"dp_epsilon": s["dp_epsilon"]} if s.get("dp_epsilon") is not None else {})}
         )
         records = json.loads(manifest_path.read_text())["records"]
         with warnings.catch_warnings():  # schema-inference hints about int columns: not actionable here

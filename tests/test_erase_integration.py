@@ -90,6 +90,7 @@ def erased(prefect_server, tmp_path_factory):
     assert len(away) == 3, "the player's photos must be in the training split for this test"
     needles = {f"raw {n}": (photos / "team_away" / n).read_bytes() for n in PLAYER_FILES}
     needles.update({f"pixels {train.sources[i]}": train.images[i].tobytes() for i in away})
+    forget = (np.stack([train.images[i] for i in away]), np.asarray([train.labels[i] for i in away]))
     pre_erasure_commit = lineage.git_head(ws_root)
     raw_needles = {"player-17": b"player-17", "person-referee-3": b"person-referee-3", "secret key": key.encode()}
 
@@ -98,7 +99,7 @@ def erased(prefect_server, tmp_path_factory):
     args = [f"--file={n}" for n in PLAYER_FILES]
     assert cli("forget", "-C", str(ws_root), "--no-wait", *args) == 0
     result = run_erase(str(ws_root))
-    yield {"ws": ws, "photos": photos, "trained": trained, "result": result, "needles": needles,
+    yield {"ws": ws, "photos": photos, "trained": trained, "result": result, "needles": needles, "forget": forget,
             "pre_erasure_commit": pre_erasure_commit, "file_args": args, "raw": raw_needles}
     os.environ.pop("UNLEARNFLOW_SUBJECT_KEY")
 
@@ -195,6 +196,32 @@ def test_the_erasure_run_carries_the_audit_and_its_histogram(erased):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cert = json.loads(open(result["certificate"]).read())
     assert cert["audit"]["passed"] is True and cert["audit"]["after"]["forget_records"] == 3
+
+
+def test_an_auditor_gets_the_audit_figure_from_the_served_model_alone(erased):
+    """Loss-threshold MIA through the served pyfunc's probabilities (erased records vs the
+    audit's holdout sample) = the erase run's audit_forget_vs_holdout_mia_auc."""
+    import mlflow
+
+    from unlearnflow.audit import Outputs
+    from unlearnflow.audit.loss_threshold import LossThreshold
+    from unlearnflow.records import stable_sample
+
+    ws, result = erased["ws"], erased["result"]
+    client_for(ws)
+    served = mlflow.pyfunc.load_model("models:/unlearnflow-sisa@production")
+    assert served.metadata.get_params_schema().to_dict() == [
+        {"name": "output", "type": "string", "default": "classes", "shape": None}]
+    holdout = stable_sample(load_split(ws.layout, "holdout"), ws.load_params().audit.sample)
+    images, labels = erased["forget"]
+    forget = Outputs(served.predict(images, params={"output": "probabilities"}), labels)
+    held = Outputs(served.predict(np.asarray(holdout.images), params={"output": "probabilities"}), holdout.labels)
+    assert forget.probs.shape == (3, len(holdout.classes)) and np.allclose(forget.probs.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(served.predict(images), forget.probs.argmax(1))  # default output: classes
+    logged = client_for(ws).get_run(result["mlflow"]["run_id"]).data.metrics["audit_forget_vs_holdout_mia_auc"]
+    assert LossThreshold().score(forget, held)["auc"] == pytest.approx(logged, abs=1e-12)
+    with pytest.raises(Exception, match="expected one of classes, probabilities"):
+        served.predict(images, params={"output": "logits"})
 
 
 def test_verify_fails_when_a_manifest_or_a_certificate_is_tampered_with(erased, capsys):

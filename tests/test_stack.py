@@ -2,7 +2,7 @@
 
 ``test_erasure_reaches_every_store_of_the_stack`` brings up ``deploy/stack.sh`` (PostgreSQL,
 Prefect and MLflow servers on it, MLflow's proxied artifact store, moto's S3 API server as the
-DVC remote, a Dask scheduler with two workers) on free loopback ports, runs train -> forget
+DVC remote, a Dask scheduler with two workers) on free loopback ports, runs train -> forget -> erase
 -> verify against it, then looks into the stores themselves: the S3 bucket (through the S3 API)
 and the MLflow server's artifact folder hold no byte pattern of an erased record and no file
 of the purged version. It also checks the shards trained on the Dask workers, bitwise equal to
@@ -152,7 +152,8 @@ def test_erasure_reaches_every_store_of_the_stack(stack, tmp_path):
     assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(exports["UNLEARNFLOW_TRACKING_URI"])
+    uri = exports["UNLEARNFLOW_TRACKING_URI"]  # the registry too: an earlier test may have pointed it elsewhere
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     v1 = client.get_model_version_by_alias(MODEL, "production")
     request = urllib.request.Request(exports["PREFECT_API_URL"] + "/flow_runs/filter", data=b"{}",
                                      headers={"Content-Type": "application/json"})
@@ -181,10 +182,12 @@ def test_erasure_reaches_every_store_of_the_stack(stack, tmp_path):
     v1_files = {hashlib.md5(b).hexdigest() for b in files_under(v1_dir)}
     assert v1_files, "version 1's model files are in the artifact store"
 
-    # the fast path first (finetune on the production model, read through the server: v2,
-    # approximate), then the exact erasure (v3); both older versions are purged
+    # forget: the fast path (finetune on the production model, read through the server: v2,
+    # approximate), the exact erasure left queued; erase: the exact erasure (v3), which purges both
     args = [a for s in subjects for a in ("--subject", s)]
-    unlearnflow(root, env, "forget", *args, "--method", "finetune")
+    unlearnflow(root, env, "forget", *args, "--method", "finetune", "--exact", "later")
+    assert client.get_model_version_by_alias(MODEL, "production").tags.get("guarantee") == "approximate"
+    unlearnflow(root, env, "erase")
     checks = unlearnflow(root, env, "verify").stdout
     assert "PASS  purged versions hold no model file in MLflow's artifact store: 2 purged version(s)" in checks
     assert "PASS  DVC remote 'unlearnflow' holds exactly the current data version" in checks

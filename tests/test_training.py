@@ -128,3 +128,50 @@ def test_learning_works_on_real_digits(digits):
     model.load_state_dict(result.state_dict)
     acc = (predict_proba(model, images).argmax(1) == np.array(manifest.labels)).mean()
     assert acc > 0.9
+
+
+# ---- overlapping slices (partition.overlap) -------------------------------------------------
+
+def overlapping(records, overlap: float, drop: set[str] = frozenset()):
+    """Shard 0 of ``records`` minus ``drop``, partitioned as the pipeline would (S=2, R=3)."""
+    kept = records.take([i for i, r in enumerate(records.record_ids) if r not in drop])
+    return partition(kept, PartitionConfig(shards=(0, 1), slices=3, overlap=overlap))[0]
+
+
+def test_overlap_windows_share_the_chosen_part_of_the_previous_slice(records):
+    manifest, _ = overlapping(records, 0.5)
+    bounds = manifest.slice_bounds()
+    assert list(manifest.stage_rows(0)) == list(range(*bounds[0]))
+    for k in (1, 2):  # o = 0.5: all of slice k-1, then slice k (windows of size s overlap by s/2)
+        assert list(manifest.stage_rows(k)) == list(range(bounds[k - 1][0], bounds[k][1]))
+    quarter, _ = overlapping(records, 0.25)  # o/(1-o) = 1/3 of slice k-1 joins window k
+    a, b = quarter.slice_bounds()[0]
+    assert 0.15 < sum(quarter.shared[a:b]) / (b - a) < 0.55
+    assert len(quarter.stage_rows(1)) == sum(quarter.shared[a:b]) + len(range(*quarter.slice_bounds()[1]))
+    disjoint, _ = overlapping(records, 0.0)  # 0: stage k sees slices 0..k, and the manifest format is unchanged
+    assert list(disjoint.stage_rows(2)) == list(range(len(disjoint)))
+    assert "overlap" not in disjoint.to_json() and "shared_forward" not in disjoint.to_json()["records"][0]
+    assert ShardManifest.from_json(manifest.to_json()) == manifest
+
+
+@pytest.mark.parametrize("erased_slice", [0, 1, 2])
+def test_overlap_erasure_retrains_from_the_records_first_slice_and_equals_scratch(records, tmp_path, erased_slice):
+    cfg = TrainConfig(model="mlp", epochs=4, batch_size=16, augment=True)
+    manifest, images = overlapping(records, 0.5)
+    store = CheckpointStore(tmp_path / "ckpt")
+    first = train_constituent(manifest, images, SPEC, cfg, store)
+    assert first.trained_stages == [0, 1, 2]
+    a, b = manifest.slice_bounds()[erased_slice]
+    victim = manifest.record_ids[a]  # seen by stage erased_slice and (shared forward) the next one
+    m2, i2 = overlapping(records, 0.5, {victim})
+    resumed = train_constituent(m2, i2, SPEC, cfg, store)
+    assert resumed.resumed_from == erased_slice - 1 and resumed.trained_stages == list(range(erased_slice, 3))
+    scratch = train_constituent(m2, i2, SPEC, cfg, None)
+    assert state_bytes(resumed.state_dict) == state_bytes(scratch.state_dict)
+    assert state_bytes(resumed.state_dict) != state_bytes(first.state_dict)
+
+
+def test_overlap_is_part_of_the_checkpoint_keys(records):
+    half, images = overlapping(records, 0.5)
+    quarter, images_q = overlapping(records, 0.25)
+    assert slice_keys(half, images, SPEC, CFG)[0] != slice_keys(quarter, images_q, SPEC, CFG)[0]

@@ -61,6 +61,7 @@ class PartitionConfig:
     slices: int = 4
     key: str = "subject"  # subject | record: what is hashed to place a record
     seed: int = 0
+    overlap: float = 0.0  # 0: stage k trains on slices 1..k; (0, 0.5]: on slice k + a share of k-1 (see partition.py)
 
     def __post_init__(self):
         n = len(self.shards)
@@ -72,10 +73,28 @@ class PartitionConfig:
         )
         _check(self.slices >= 1, "partition.slices", self.slices, "an integer >= 1")
         _check(self.key in ("subject", "record"), "partition.key", self.key, "'record' or 'subject'")
+        _check(0 <= self.overlap <= 0.5, "partition.overlap", self.overlap,
+               "a number in [0, 0.5] (0 = disjoint slices, 0.5 = each stage shares half its records with the previous)")
 
     @property
     def num_shards(self) -> int:
         return len(self.shards)
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD for every constituent (``unlearnflow/dp.py``, Opacus): per-example gradients
+    clipped to ``max_grad_norm``, Gaussian noise of ``noise_multiplier`` x that norm, batches
+    drawn by Poisson sampling; (epsilon, ``delta``) accounted with Renyi DP per constituent."""
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self):
+        _check(self.noise_multiplier > 0, "train.dp.noise_multiplier", self.noise_multiplier, "a positive number")
+        _check(self.max_grad_norm > 0, "train.dp.max_grad_norm", self.max_grad_norm, "a positive number")
+        _check(0 < self.delta < 1, "train.dp.delta", self.delta, "a number in (0, 1), e.g. 1e-5")
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,7 @@ class TrainConfig:
     threads: int = 1  # torch intra-op threads; results depend on it, so it is fixed, not guessed
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: the first GPU if one is visible, else cpu)
     loader_workers: int = 0  # DataLoader processes reading batches from disk (0: the training process)
+    dp: DPConfig | None = None  # DP-SGD (Opacus); null = ordinary training
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -111,8 +131,12 @@ class TrainConfig:
                "'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check(self.loader_workers >= 0, "train.loader_workers", self.loader_workers, "an integer >= 0")
 
-    def stage_epochs(self, slices: int) -> int:
-        """Epochs per slice stage: 2E/(R+1), at least 1 (SISA epoch calibration)."""
+    def stage_epochs(self, slices: int, overlap: float = 0.0) -> int:
+        """Epochs per slice stage, at least 1, so that R stages cost about E passes over the shard:
+        2E/(R+1) when stage k sees slices 1..k (SISA epoch calibration); E(1 - overlap) when it
+        sees one overlapping window of n/(R(1 - overlap)) records (``partition.overlap``)."""
+        if overlap:
+            return max(1, round(self.epochs * (1 - overlap)))
         return max(1, round(2 * self.epochs / (slices + 1)))
 
 

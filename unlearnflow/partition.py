@@ -9,6 +9,12 @@ realised balance.
 
 A ``ShardManifest`` lists a shard's records slice by slice; it and the pixels in
 the same order are the only inputs of that shard's constituent.
+
+Overlapping slices (``partition.overlap`` = o in (0, 0.5], for small datasets): stage k
+then trains on one window, slice k plus the records of slice k-1 that are *shared*
+forward, chosen by a hash of the key with probability o/(1-o); o = 0.5 shares all of
+slice k-1, so windows of size s overlap by s/2. A record is first seen in its own slice,
+which is where retraining starts when it is erased, as with disjoint slices.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from unlearnflow.config import PartitionConfig
 from unlearnflow.errors import ConfigError
 from unlearnflow.hashing import stable_bucket
 from unlearnflow.records import RecordSet, write_unless_same
+
+
+def shared_forward(key: str, cfg: PartitionConfig) -> bool:
+    """Does this record's slice k also put it in window k+1 (``partition.overlap`` > 0)?"""
+    if not cfg.overlap:
+        return False
+    share = cfg.overlap / (1 - cfg.overlap)  # of slice k-1, in units of a slice: window = (1 + share) slices
+    return stable_bucket(10**9, "overlap", cfg.seed, key) < share * 10**9
 
 
 def place(key: str, cfg: PartitionConfig) -> tuple[int, int]:
@@ -43,9 +57,21 @@ class ShardManifest:
     subject_ids: tuple[str, ...]
     slice_of: tuple[int, ...]  # slice index of each record
     classes: tuple[str, ...]  # class index -> name, for the whole dataset
+    overlap: float = 0.0  # partition.overlap; 0 = disjoint slices, trained cumulatively
+    shared: tuple[bool, ...] = ()  # overlap > 0: is each record also in the next slice's window?
 
     def __len__(self) -> int:
         return len(self.record_ids)
+
+    def stage_rows(self, k: int) -> np.ndarray:
+        """Row numbers stage k trains on: slices 0..k, or with overlap its window (slice k and
+        the shared records of slice k-1), in manifest order."""
+        bounds = self.slice_bounds()
+        if not self.overlap:
+            return np.arange(bounds[k][1])
+        a, b = bounds[k - 1] if k else (0, 0)
+        previous = [i for i in range(a, b) if self.shared[i]]
+        return np.asarray(previous + list(range(*bounds[k])), dtype=np.int64)
 
     def slice_bounds(self) -> list[tuple[int, int]]:
         """[start, end) of each slice in record order (slices are contiguous)."""
@@ -57,16 +83,15 @@ class ShardManifest:
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=num_classes).tolist()
 
     def to_json(self) -> dict:
-        return {
-            "format": "unlearnflow.shard_manifest/1",
-            "shard": self.shard,
-            "num_slices": self.num_slices,
-            "classes": list(self.classes),
-            "records": [
-                {"record_id": r, "subject_id": s, "label": y, "slice": k}
-                for r, s, y, k in zip(self.record_ids, self.subject_ids, self.labels, self.slice_of)
-            ],
-        }
+        records = [{"record_id": r, "subject_id": s, "label": y, "slice": k}
+                   for r, s, y, k in zip(self.record_ids, self.subject_ids, self.labels, self.slice_of)]
+        if not self.overlap:  # the format of disjoint slices is unchanged (same bytes, same DVC md5s)
+            return {"format": "unlearnflow.shard_manifest/1", "shard": self.shard, "num_slices": self.num_slices,
+                    "classes": list(self.classes), "records": records}
+        for record, shared in zip(records, self.shared):
+            record["shared_forward"] = shared
+        return {"format": "unlearnflow.shard_manifest/1", "shard": self.shard, "num_slices": self.num_slices,
+                "overlap": self.overlap, "classes": list(self.classes), "records": records}
 
     @classmethod
     def from_json(cls, obj: dict) -> "ShardManifest":
@@ -79,6 +104,8 @@ class ShardManifest:
             subject_ids=tuple(r["subject_id"] for r in recs),
             slice_of=tuple(int(r["slice"]) for r in recs),
             classes=tuple(obj["classes"]),
+            overlap=float(obj.get("overlap", 0.0)),
+            shared=tuple(bool(r["shared_forward"]) for r in recs) if obj.get("overlap") else (),
         )
 
 
@@ -108,6 +135,8 @@ def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManif
             subject_ids=tuple(records.subject_ids[i] for i in members),
             slice_of=tuple(places[i][1] for i in members),
             classes=records.classes,
+            overlap=cfg.overlap,
+            shared=tuple(shared_forward(keys[i], cfg) for i in members) if cfg.overlap else (),
         )
         out.append((manifest, records.take(members).images))  # Rows stay unread until written
     return out

@@ -126,7 +126,17 @@ def train_stage(cfg: TrainConfig, layout: Layout, shard: int, callbacks: Callbac
         "manifest_md5": md5_file(layout.shard_manifest(shard)),
         "images_md5": md5_file(layout.shard_images(shard)),
         "model_md5": md5_file(out),
+        "dp_epsilon": _dp_epsilon(manifest, cfg),
     }
+
+
+def _dp_epsilon(manifest, cfg: TrainConfig) -> float | None:
+    """The constituent's epsilon at ``train.dp.delta`` (None without ``train.dp``)."""
+    if cfg.dp is None:
+        return None
+    from unlearnflow.dp import constituent_epsilon
+
+    return round(constituent_epsilon(manifest, cfg), 4)
 
 
 def aggregate_stage(cfg: AggregateConfig, partition_cfg: PartitionConfig, layout: Layout) -> dict:

@@ -1,6 +1,7 @@
 """Slice-incremental training of one SISA constituent.
 
-Stage k (k = 1..R) trains on slices 1..k for ``TrainConfig.stage_epochs(R)``
+Stage k (k = 1..R) trains on slices 1..k (with ``partition.overlap``, on its window:
+slice k and part of slice k-1, see ``partition.py``) for ``TrainConfig.stage_epochs``
 epochs, continuing from stage k-1's model and optimizer state; a checkpoint is
 saved after every stage under a content key (``slice_keys``). Training resumes
 from the newest stored checkpoint whose key still matches, so an unchanged
@@ -102,7 +103,8 @@ def pixel_hash(images, start: int, end: int) -> str:
 
 def weights_config(cfg: TrainConfig, device: str) -> dict:
     """What of the train config decides the weights (see ``TrainConfig``)."""
-    out = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "loader_workers")}
+    out = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "loader_workers")
+           and not (k == "dp" and v is None)}  # keys of ordinary training stay those from before train.dp
     return {**out, "device_class": device}
 
 
@@ -113,21 +115,16 @@ def slice_keys(manifest: ShardManifest, images, spec: ModelSpec, cfg: TrainConfi
     key_k = H(key_{k-1}, ordered record ids, labels and pixel hash of slice k);
     key_0's parent hashes the config, the device class, the model spec and the shard index.
     """
-    key = hash_json(
-        {"format": KEY_FORMAT, "train": weights_config(cfg, device), "model": spec.to_json(),
-         "shard": manifest.shard, "num_slices": manifest.num_slices}
-    )
+    head = {"format": KEY_FORMAT, "train": weights_config(cfg, device), "model": spec.to_json(),
+            "shard": manifest.shard, "num_slices": manifest.num_slices}
+    key = hash_json({**head, "overlap": manifest.overlap} if manifest.overlap else head)
     keys = []
     for k, (a, b) in enumerate(manifest.slice_bounds()):
-        key = hash_json(
-            {
-                "parent": key,
-                "slice": k,
-                "record_ids": list(manifest.record_ids[a:b]),
-                "labels": list(manifest.labels[a:b]),
-                "pixels": pixel_hash(images, a, b),
-            }
-        )
+        body = {"parent": key, "slice": k, "record_ids": list(manifest.record_ids[a:b]),
+                "labels": list(manifest.labels[a:b]), "pixels": pixel_hash(images, a, b)}
+        if manifest.overlap:  # which of slice k's records stage k+1 sees too
+            body["shared_forward"] = list(manifest.shared[a:b])
+        key = hash_json(body)
         keys.append(key)
     return keys
 
@@ -192,15 +189,17 @@ def batch_loader(images, workers: int) -> tuple[torch.utils.data.DataLoader, _Ep
 
 
 def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
-                device: torch.device = torch.device("cpu"), loader=None) -> float:
-    """One pass over the first ``len(y)`` rows of ``images`` in an order drawn from ``g``;
-    returns the mean loss. Batches are read (by ``loader``'s workers, see ``batch_loader``,
-    or here) and augmented with draws from ``g`` in order, so workers change the speed only."""
+                device: torch.device = torch.device("cpu"), loader=None, rows: np.ndarray | None = None) -> float:
+    """One pass over ``rows`` of ``images`` (default: the first ``len(y)``; ``y`` holds the labels
+    of every row up to the largest) in an order drawn from ``g``; returns the mean loss.
+    Batches are read (by ``loader``'s workers, see ``batch_loader``, or here) and augmented
+    with draws from ``g`` in order, so workers change the speed only."""
     model.train()
-    n = len(y)
-    order = torch.randperm(n, generator=g)
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    n = len(rows)
+    order = rows[torch.randperm(n, generator=g).numpy()]
     loader, sampler = loader or batch_loader(images, 0)
-    sampler.batches = [order[start:start + cfg.batch_size].numpy() for start in range(0, n, cfg.batch_size)]
+    sampler.batches = [order[start:start + cfg.batch_size] for start in range(0, n, cfg.batch_size)]
     total = 0.0
     for idx, pixels in zip(sampler.batches, loader):
         xb, yb = to_input(pixels), y[idx]
@@ -243,27 +242,41 @@ def train_constituent(
         state = store.load(keys[resume])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+    fit, step = model, train_epoch  # the module the loop calls, and one epoch of it
+    if cfg.dp is not None:  # per-example clipping and noise (unlearnflow/dp.py); `model` keeps the weights
+        from unlearnflow import dp
+
+        noise = torch.Generator(device=device)  # seeded per stage below: resuming draws what scratch would
+        fit, opt = dp.make_private(model, opt, cfg, noise)
+        step = dp.train_epoch_dp
     callbacks.trigger("on_start", shard=shard, resumed_from=resume, num_stages=len(keys))
 
     y = torch.as_tensor(np.asarray(manifest.labels, dtype=np.int64))
-    bounds = manifest.slice_bounds()
-    epochs = cfg.stage_epochs(manifest.num_slices)
+    epochs = cfg.stage_epochs(manifest.num_slices, manifest.overlap)
     loader = batch_loader(images, cfg.loader_workers) if resume + 1 < len(keys) else None
     trained = []
     for k in range(resume + 1, len(keys)):
-        end = bounds[k][1]  # stage k sees slices 0..k
-        for epoch in range(epochs if end > 0 else 0):
+        rows = manifest.stage_rows(k)  # slices 0..k, or with overlap its window
+        if cfg.dp is not None:
+            noise.manual_seed(derive_seed(cfg.seed, shard, k, "dp-noise"))
+        for epoch in range(epochs if len(rows) else 0):
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, shard, k, epoch))
-            loss = train_epoch(model, opt, images, y[:end], cfg, g, device, loader)
-            callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=epoch, epochs=epochs, loss=loss, records=end)
+            loss = step(fit, opt, images, y, cfg, g, device, loader, rows)
+            callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=epoch, epochs=epochs, loss=loss,
+                              records=len(rows))
         trained.append(k)
         if store is not None:
-            store.save(keys[k], {"model": model.state_dict(), "optimizer": opt.state_dict()})
+            store.save(keys[k], {"model": model.state_dict(), "optimizer": _optimizer_state(opt)})
         callbacks.trigger("on_stage_end", shard=shard, stage=k, key=keys[k])
     seconds = time.perf_counter() - t0
     callbacks.trigger("on_end", shard=shard, seconds=seconds, trained_stages=trained)
     weights = model.state_dict() if device.type == "cpu" else {k: v.cpu() for k, v in model.state_dict().items()}
     return TrainResult(weights, keys, resume, trained, seconds, device_class(device))
+
+
+def _optimizer_state(opt) -> dict:
+    """The wrapped Adam's state under DP (what a resumed stage loads into a fresh Adam)."""
+    return getattr(opt, "original_optimizer", opt).state_dict()
 
 
 @torch.no_grad()
