@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("init", "create a new git + DVC workspace with default params.yaml and dvc.yaml", cmd_init)
     sp.add_argument("dir", help="directory to create (may exist, but must not hold params.yaml/dvc.yaml)")
     sp.add_argument("--dataset", help="data.dataset, e.g. mnist5k, digits, imagefolder:/path/to/images")
-    sp.add_argument("--model", help="train.model, e.g. cnn, mlp, resnet18")
+    sp.add_argument("--model", help="train.model: cnn, mlp, resnet18 or logreg")
 
     sp = add("train", "train (or resume) all constituents with the Prefect flow, record lineage, register the model", cmd_train)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit dvc.lock afterwards")

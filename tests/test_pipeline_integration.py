@@ -147,7 +147,7 @@ def test_dvc_repro_in_a_fresh_clone_reproduces_the_constituent_hashes(trained, t
 @pytest.mark.parametrize("overrides, message", [
     ({"trian": {}}, "unknown key(s) trian in params"),
     ({"data": {"dataset": "mnist6k"}}, "unknown dataset 'mnist6k'; valid choices"),
-    ({"train": {"model": "vgg"}}, "unknown model 'vgg'; valid choices: 'cnn', 'mlp', 'resnet18'"),
+    ({"train": {"model": "vgg"}}, "unknown model 'vgg'; valid choices: 'cnn', 'logreg', 'mlp', 'resnet18'"),
     ({"partition": {"shards": list(range(500))}}, "asks for S=500 shards but the training split"),
     ({"train": {"model": "resnet18"}}, "needs images of at least 32x32"),
 ])

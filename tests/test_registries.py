@@ -28,7 +28,7 @@ def test_every_model_maps_images_to_logits_and_inits_from_its_seed(name):
 
 
 def test_unknown_model_names_the_valid_choices():
-    with pytest.raises(ConfigError, match="unknown model 'vgg'; valid choices: 'cnn', 'mlp', 'resnet18'"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg'; valid choices: 'cnn', 'logreg', 'mlp', 'resnet18'"):
         create_model("vgg", (1, 8, 8), 10, seed=0)
 
 

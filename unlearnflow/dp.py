@@ -23,7 +23,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from unlearnflow.config import DPConfig, TrainConfig
 from unlearnflow.errors import ConfigError
@@ -59,25 +58,12 @@ def train_epoch_dp(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: tor
                    device: torch.device, loader, rows: np.ndarray) -> float:
     """``training.train_epoch`` under DP: one expected pass over ``rows`` in Poisson-sampled
     batches drawn from ``g``, through the private model and optimizer."""
-    from unlearnflow.training import random_affine, to_input
+    from unlearnflow.training import train_batches
 
-    model.train()
     n, q = len(rows), min(1.0, cfg.batch_size / max(len(rows), 1))
-    batches = [rows[(torch.rand(n, generator=g) < q).numpy()] for _ in range(steps(n, cfg.batch_size, 1))]
-    loader, sampler = loader
-    sampler.batches = [b for b in batches if len(b)]  # an empty draw (probability (1-q)^n) is skipped
-    total, seen = 0.0, 0
-    for idx, pixels in zip(sampler.batches, loader):
-        xb, yb = to_input(pixels), y[idx]
-        if cfg.augment:
-            xb = random_affine(xb, g)
-        xb, yb = xb.to(device), yb.to(device)
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        total, seen = total + loss.item() * len(idx), seen + len(idx)
-    return total / max(seen, 1)
+    draws = [rows[(torch.rand(n, generator=g) < q).numpy()] for _ in range(steps(n, cfg.batch_size, 1))]
+    batches = [b for b in draws if len(b)]  # an empty draw (probability (1-q)^n) is skipped
+    return train_batches(model, opt, images, y, batches, cfg, g, device, loader)
 
 
 def stage_history(manifest: ShardManifest, cfg: TrainConfig) -> list[tuple[float, float, int]]:

@@ -191,16 +191,22 @@ def batch_loader(images, workers: int) -> tuple[torch.utils.data.DataLoader, _Ep
 def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
                 device: torch.device = torch.device("cpu"), loader=None, rows: np.ndarray | None = None) -> float:
     """One pass over ``rows`` of ``images`` (default: the first ``len(y)``; ``y`` holds the labels
-    of every row up to the largest) in an order drawn from ``g``; returns the mean loss.
+    of every row up to the largest) in an order drawn from ``g``; returns the mean loss."""
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    order = rows[torch.randperm(len(rows), generator=g).numpy()]
+    batches = [order[start:start + cfg.batch_size] for start in range(0, len(rows), cfg.batch_size)]
+    return train_batches(model, opt, images, y, batches, cfg, g, device, loader)
+
+
+def train_batches(model, opt, images, y: torch.Tensor, batches: list[np.ndarray], cfg: TrainConfig,
+                  g: torch.Generator, device: torch.device = torch.device("cpu"), loader=None) -> float:
+    """One optimizer step per batch of row numbers; returns the mean loss over their records.
     Batches are read (by ``loader``'s workers, see ``batch_loader``, or here) and augmented
     with draws from ``g`` in order, so workers change the speed only."""
     model.train()
-    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
-    n = len(rows)
-    order = rows[torch.randperm(n, generator=g).numpy()]
     loader, sampler = loader or batch_loader(images, 0)
-    sampler.batches = [order[start:start + cfg.batch_size] for start in range(0, n, cfg.batch_size)]
-    total = 0.0
+    sampler.batches = batches
+    total, seen = 0.0, 0
     for idx, pixels in zip(sampler.batches, loader):
         xb, yb = to_input(pixels), y[idx]
         if cfg.augment:
@@ -210,8 +216,8 @@ def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.
         loss = F.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
-        total += loss.item() * len(idx)
-    return total / max(n, 1)
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
+    return total / max(seen, 1)
 
 
 def train_constituent(

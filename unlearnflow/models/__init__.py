@@ -5,6 +5,7 @@
 | cnn      | 28x28 grey digits (default)           |
 | mlp      | tiny inputs such as 8x8 digits        |
 | resnet18 | 32x32 colour images (torchvision, no pretrained weights) |
+| logreg   | a linear model on the pixels (convex; certified removal's setting) |
 
 Adding a model: a module with ``@register_model("name")`` on its factory,
 imported below; the registry tests then cover it with no new test code.
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from unlearnflow.models._registry import MODELS, register_model
-from unlearnflow.models import cnn, mlp, resnet  # noqa: F401  (registration)
+from unlearnflow.models import cnn, logreg, mlp, resnet  # noqa: F401  (registration)
 
 _INIT_LOCK = threading.Lock()
 
