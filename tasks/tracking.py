@@ -305,10 +305,10 @@ def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: s
         if str(mv.version) == str(keep_version) or mv.tags.get("purged"):
             continue
         location = model_location(ws, mv)
-        if location.startswith("file:") and not _local_path(location).is_relative_to(ws.root):
+        if _is_local(location) and not _local_path(location).is_relative_to(ws.root):
             raise RuntimeError(f"cannot purge model version {mv.version}: its artifacts are not in this workspace "
                                f"({location}); delete them from that store by hand")
-        if location.startswith("file:"):
+        if _is_local(location):
             shutil.rmtree(_local_path(location), ignore_errors=True)
         else:
             _artifact_repository(location).delete_artifacts()
@@ -333,6 +333,10 @@ def _artifact_repository(location: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     return get_artifact_repository(location)
+
+
+def _is_local(location: str) -> bool:
+    return urllib.parse.urlparse(location).scheme in ("", "file")
 
 
 def _local_path(location: str) -> Path:
@@ -462,8 +466,8 @@ def model_files_dir(ws: Workspace, mv, fresh: bool = False) -> Path:
     (a tracking server) is downloaded once into ``Layout.model_cache``; ``fresh`` downloads
     again (``verify`` checks what the server holds, not an earlier copy)."""
     location = model_location(ws, mv)
-    if location.startswith("file:") or "://" not in location and ":" not in location.split("/", 1)[0]:
-        return _local_path(location) if location.startswith("file:") else Path(location)
+    if _is_local(location):  # the workspace's own store
+        return _local_path(location)
     target = ws.layout.model_cache / f"v{mv.version}"
     if fresh or not (target / "MLmodel").is_file():
         import tempfile
