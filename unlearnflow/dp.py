@@ -54,16 +54,12 @@ def make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     return private, dp_opt
 
 
-def train_epoch_dp(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
-                   device: torch.device, loader, rows: np.ndarray) -> float:
-    """``training.train_epoch`` under DP: one expected pass over ``rows`` in Poisson-sampled
-    batches drawn from ``g``, through the private model and optimizer."""
-    from unlearnflow.training import train_batches
-
-    n, q = len(rows), min(1.0, cfg.batch_size / max(len(rows), 1))
-    draws = [rows[(torch.rand(n, generator=g) < q).numpy()] for _ in range(steps(n, cfg.batch_size, 1))]
-    batches = [b for b in draws if len(b)]  # an empty draw (probability (1-q)^n) is skipped
-    return train_batches(model, opt, images, y, batches, cfg, g, device, loader)
+def poisson_batches(rows: np.ndarray, batch_size: int, g: torch.Generator) -> list[np.ndarray]:
+    """One expected pass over ``rows``: ``steps`` batches, each taking every row with probability
+    q = batch_size / n (drawn from ``g``); an empty draw (probability (1-q)^n) is skipped."""
+    n, q = len(rows), min(1.0, batch_size / max(len(rows), 1))
+    draws = [rows[(torch.rand(n, generator=g) < q).numpy()] for _ in range(steps(n, batch_size, 1))]
+    return [b for b in draws if len(b)]
 
 
 def stage_history(manifest: ShardManifest, cfg: TrainConfig) -> list[tuple[float, float, int]]:

@@ -198,6 +198,16 @@ def train_epoch(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.
     return train_batches(model, opt, images, y, batches, cfg, g, device, loader)
 
 
+def train_epoch_dp(model, opt, images, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+                   device: torch.device = torch.device("cpu"), loader=None, rows: np.ndarray | None = None) -> float:
+    """``train_epoch`` under ``train.dp``: Poisson-sampled batches (what the DP accountant
+    assumes), through the private model and optimizer of ``dp.make_private``."""
+    from unlearnflow.dp import poisson_batches
+
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    return train_batches(model, opt, images, y, poisson_batches(rows, cfg.batch_size, g), cfg, g, device, loader)
+
+
 def train_batches(model, opt, images, y: torch.Tensor, batches: list[np.ndarray], cfg: TrainConfig,
                   g: torch.Generator, device: torch.device = torch.device("cpu"), loader=None) -> float:
     """One optimizer step per batch of row numbers; returns the mean loss over their records.
@@ -254,7 +264,7 @@ def train_constituent(
 
         noise = torch.Generator(device=device)  # seeded per stage below: resuming draws what scratch would
         fit, opt = dp.make_private(model, opt, cfg, noise)
-        step = dp.train_epoch_dp
+        step = train_epoch_dp
     callbacks.trigger("on_start", shard=shard, resumed_from=resume, num_stages=len(keys))
 
     y = torch.as_tensor(np.asarray(manifest.labels, dtype=np.int64))
