@@ -9,7 +9,8 @@
    ``wait=False``; a lock of a dead process is free: the kernel dropped it); git's own
    lock files left by a killed commit are removed;
 4. the Prefect API is up (``flows/prefect_api.py``: a temporary server with a start-up
-   budget, unless PREFECT_API_URL names one);
+   budget, unless PREFECT_API_URL names one, which must answer), and so is the MLflow
+   tracking server if UNLEARNFLOW_TRACKING_URI names one;
 5. an operation a crash interrupted is finished (erasure) or rolled back (fast path)
    first, with a one-line notice: the journal (``.unlearnflow/journal.json``) says which.
 """
@@ -42,6 +43,7 @@ def writing(workspace, command: str, wait: bool = True):
         if removed:
             notice(f"removed {', '.join(removed)}, left by a git commit that was killed")
         ensure_prefect_api(notice)  # every writing command runs flows: the API first, with a budget and a word
+        ws.check_tracking_server()  # one that does not answer: one line now, before any work
         recover(ws, params)
         yield ws, params
 

@@ -39,11 +39,16 @@ def startup_budget() -> float:
 
 
 def ensure_prefect_api(notice) -> float | None:
-    """Start the temporary Prefect server unless an API is configured or already running.
-    Returns the seconds it took to become healthy (None if nothing was started)."""
+    """Start the temporary Prefect server unless an API is configured (then check that it
+    answers) or already running. Returns the seconds it took to become healthy (None if
+    nothing was started)."""
     import prefect.settings
 
-    if os.environ.get("PREFECT_API_URL") or prefect.settings.PREFECT_API_URL.value():
+    configured = os.environ.get("PREFECT_API_URL") or prefect.settings.PREFECT_API_URL.value()
+    if configured:
+        from tasks.workspace import require_server
+
+        require_server(configured.rstrip("/") + "/health", "Prefect server", configured, "PREFECT_API_URL")
         return None
     from prefect.server.api.server import SubprocessASGIServer
 

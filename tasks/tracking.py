@@ -51,6 +51,7 @@ def client_for(ws: Workspace) -> MlflowClient:
 
     The registry URI is separate state in MLflow; left alone it can keep pointing at a
     store used earlier in the same process (another workspace)."""
+    ws.check_tracking_server()
     mlflow.set_tracking_uri(ws.tracking_uri)
     mlflow.set_registry_uri(ws.tracking_uri)
     return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)

@@ -200,6 +200,35 @@ class Workspace:
     def remote_tracking(self) -> bool:
         return bool(os.environ.get("UNLEARNFLOW_TRACKING_URI"))
 
+    def check_tracking_server(self) -> None:
+        """A tracking server (an http(s) UNLEARNFLOW_TRACKING_URI) must answer; checked once per process."""
+        uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")) and uri not in _ANSWERED:
+            require_server(uri.rstrip("/") + "/health", "MLflow tracking server", uri, "UNLEARNFLOW_TRACKING_URI")
+            _ANSWERED.add(uri)
+
+
+_ANSWERED: set[str] = set()  # tracking servers that answered once in this process
+
+
+class ServerUnavailable(UnlearnflowError):
+    """A server the environment names (MLflow, Prefect) does not answer."""
+
+
+def require_server(health_url: str, what: str, base: str, setting: str) -> None:
+    """Fail at once, naming ``what`` at ``base``, unless ``health_url`` answers within 5 s:
+    MLflow's and Prefect's clients would otherwise retry for minutes before a traceback."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(health_url, timeout=5).close()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ServerUnavailable(
+            f"the {what} at {base} ({setting}) does not answer ({reason}); start it (`deploy/stack.sh up` "
+            f"starts the whole stack) or unset {setting} to work with the workspace's own") from None
+
 
 def tool_env() -> dict:
     """Environment for child processes (dvc, unlearnflow stage): this venv's bin first, no telemetry."""

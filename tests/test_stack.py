@@ -237,3 +237,22 @@ def test_directory_remote_is_pushed_and_garbage_collected_and_verify_sees_leftov
     proc = subprocess.run([str(BIN / "unlearnflow"), "verify", "-C", str(root)], env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "1 NOT USED" in proc.stdout, proc.stdout
+
+
+def test_a_stack_server_that_does_not_answer_is_named_at_once_not_retried_for_minutes(tmp_path):
+    """Pointed at servers that are down (a stopped stack, a typo in a port), read and write
+    commands fail in seconds with one line naming the server, not a traceback after MLflow's
+    and Prefect's retries."""
+    import time
+
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARNFLOW_", "PREFECT_API"))}
+    root = small_workspace(tmp_path / "ws", env)
+    for args, server_env, name in [(["status"], {"UNLEARNFLOW_TRACKING_URI": dead}, "MLflow tracking server"),
+                                   (["erase"], {"UNLEARNFLOW_TRACKING_URI": dead}, "MLflow tracking server"),
+                                   (["erase"], {"PREFECT_API_URL": dead + "/api"}, "Prefect server")]:
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(BIN / "unlearnflow"), *args, "-C", str(root)], env={**env, **server_env},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and time.perf_counter() - t0 < 30, (args, proc.stderr[-2000:])
+        assert f"error: the {name} at {dead}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
