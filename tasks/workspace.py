@@ -147,7 +147,7 @@ class Workspace:
     def check_location(self) -> None:
         """Refuse to write in a copy (or a move) of a workspace whose SQLite MLflow store still
         keeps artifacts in the original folder: its model files would land there."""
-        if os.environ.get("UNLEARNFLOW_TRACKING_URI") or not (self.root / "mlflow.db").is_file():
+        if self.remote_tracking or not (self.root / "mlflow.db").is_file():
             return
         import sqlite3
         import urllib.parse
