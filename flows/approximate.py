@@ -69,7 +69,8 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
     lap("resolved")
 
     # The critical path: update, audit the update (the gate needs it), register, serve.
-    updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"])
+    updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"],
+                                                   todo["earlier"])
     state = advance(ws, state, "unlearned", scratch=[updated["dir"]])
     lap("unlearned")
     gated = erasure.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
@@ -106,7 +107,8 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
         "promoted": decision["promoted"],
         "constituents": {str(c["shard"]): c["md5"] for c in updated["ensemble"]["constituents"]},
         "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],
-                                              "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"]}
+                                              "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"],
+                                              "method_details": s["details"]}
                             for s in updated["shards"]},
         "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
                   "passed": audit_ok, "failed_because": audit_reasons},

@@ -228,6 +228,12 @@ def _run_erase_and_report(ws, args) -> int:
         print(f"  erased records now: mean loss {f['erased_mean_loss']:.3f}, confidence {f['erased_mean_confidence']:.3f} "
               f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f})")
     a = result["audit"]
+    for s in fast["shards"]:
+        for d in s["details"]:
+            if "budget" in d and "spent" in d:  # certified_removal
+                print(f"  shard {s['shard']}: certified (epsilon {d['epsilon']:g}, delta {d['delta']:g}); bound "
+                      f"{d['bound']:.4g}, spent {d['spent']:.4g} of {d['budget']:.4g}"
+                      + ("; past the budget, so retrained exactly" if d["retrain_triggered"] else ""))
     print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
           + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
           + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}"
@@ -307,6 +313,12 @@ def _print_approximate(fast: dict) -> None:
           f"{fast['relabelled_records']} relabelled, in shard(s) {', '.join(str(s['shard']) for s in fast['shards'])} "
           f"of v{fast['base_version']}; {sum(s['seconds'] for s in fast['shards']):.1f}s of unlearning, "
           f"{fast['total_seconds']:.1f}s in all")
+    for s in fast["shards"]:
+        for d in s["details"]:
+            if "budget" in d and "spent" in d:  # certified_removal
+                print(f"  shard {s['shard']}: certified (epsilon {d['epsilon']:g}, delta {d['delta']:g}); bound "
+                      f"{d['bound']:.4g}, spent {d['spent']:.4g} of {d['budget']:.4g}"
+                      + ("; past the budget, so retrained exactly" if d["retrain_triggered"] else ""))
     print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
           + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
           + f", test accuracy {a['after']['test_accuracy']:.4f}"
@@ -515,6 +527,10 @@ def cmd_lineage(args) -> int:
         if t.get("guarantee") == "approximate":
             print(f"    approximation {t.get('approximation_id')}: {t.get('unlearn_method')} on v{t.get('base_version')} "
                   f"for requests {t.get('approximated_requests')}; exact erasure {t.get('exact_erasure')}")
+        if t.get("certified_epsilon"):
+            print(f"    certified removal: (epsilon {t['certified_epsilon']}, delta {t['certified_delta']}); "
+                  f"gradient-residual bound spent {t['certified_spent']} of {t['certified_budget']} per classifier; "
+                  f"retrained past the budget: shards {t['certified_retrained_shards']}")
         if t.get("dp_epsilon"):
             print(f"    DP-SGD: (epsilon {t['dp_epsilon']}, delta {t['dp_delta']}) per record, largest over the "
                   f"constituents (noise multiplier {t.get('dp_noise_multiplier')}, clip {t.get('dp_max_grad_norm')})")

@@ -28,25 +28,31 @@ def resolve_pending(params: Params, root: str) -> dict:
     evaluated on); the ledger and the data stay as they are until the exact erase flow."""
     ws = Workspace(root)
     done = ws.approximated_requests()
-    todo = [r for r in ws.pending_requests() if r.request.request_id not in done]
+    pending = ws.pending_requests()
+    todo = [r for r in pending if r.request.request_id not in done]
     records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS]) if todo else None
-    erased, rectified, report = set(), {}, []
-    for r in todo:
+    now, before = ({"erased": set(), "rectified": {}, "report": []} for _ in range(2))
+    for r in pending if todo else []:
+        edits = before if r.request.request_id in done else now
         matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
-        report.append({"request_id": r.request.request_id, "kind": r.request.kind, "records": len(matched)})
+        edits["report"].append({"request_id": r.request.request_id, "kind": r.request.kind, "records": len(matched)})
         if r.request.kind == "forget":
-            erased.update(matched)
+            edits["erased"].update(matched)
         else:
-            rectified.update({m: r.request.label for m in matched})
-    return {"requests": report, "erased": sorted(erased), "rectified": rectified}
+            edits["rectified"].update({m: r.request.label for m in matched})
+    # what an earlier fast path already took out of (or corrected in) the served model: not retain data now
+    return {"requests": now["report"], "erased": sorted(now["erased"]), "rectified": now["rectified"],
+            "earlier": {"erased": sorted(before["erased"]), "rectified": before["rectified"]}}
 
 
 @task(name="approximate-constituents", cache_policy=NO_CACHE)
 def approximate_constituents(params: Params, root: str, base_files: dict, erased: list[str],
-                             rectified: dict[str, int]) -> dict:
+                             rectified: dict[str, int], earlier: dict | None = None) -> dict:
     """Copy the base version's constituents, applying ``params.unlearn.method`` to the
-    affected ones. Returns the new files (``stored_constituents`` shape) and per-shard results."""
+    affected ones (``earlier``: what earlier fast paths already applied, left out of the retain
+    data). Returns the new files (``stored_constituents`` shape) and per-shard results."""
     ws = Workspace(root)
+    earlier = earlier or {"erased": [], "rectified": {}}
     out = Path(tempfile.mkdtemp(prefix="unlearnflow-approx-"))
     paths, shards = [], []
     erased_set = set(erased)
@@ -54,7 +60,8 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
         manifest, images = read_shard(ws.layout.shard_manifest(k), ws.layout.shard_images(k))
         target = out / f"shard_{k}.pt"
         updated = approximate_constituent(base, manifest, images, erased_set, rectified, params.unlearn,
-                                          params.train.threads, params.train.device)
+                                          params.train.threads, params.train.device,
+                                          set(earlier["erased"]), earlier["rectified"])
         if updated is None:
             shutil.copyfile(base, target)
         else:

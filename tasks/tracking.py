@@ -171,11 +171,15 @@ def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str,
     tags = {"guarantee": "approximate", "unlearn_method": method, "approximation_id": approximation_id,
             "base_version": base_version, "approximated_requests": ",".join(r["request_id"] for r in requests),
             "exact_erasure": "pending"}
+    numbers, flags = fold_details(approximated["shards"])  # e.g. certified_removal's bound and retrains
+    tags.update(_certified_tags(method, numbers, flags))
     with mlflow.start_run(run_name=f"approximate-{approximation_id}") as run:
         mlflow.log_params(_flatten(params.to_dict()))
         mlflow.set_tags({"unlearnflow.kind": "approximate", **tags,
-                         "affected_shards": ",".join(str(s["shard"]) for s in approximated["shards"]) or "none"})
-        mlflow.log_metrics({"ensemble_test_accuracy": audit["after"]["test_accuracy"],
+                         "affected_shards": ",".join(str(s["shard"]) for s in approximated["shards"]) or "none",
+                         **{f"unlearn_{k}_shards": ",".join(map(str, v)) or "none" for k, v in flags.items()}})
+        mlflow.log_metrics({**{f"unlearn_{k}": v for k, v in numbers.items()},
+                            "ensemble_test_accuracy": audit["after"]["test_accuracy"],
                             "approximate_seconds": seconds,
                             "unlearn_seconds": sum(s["seconds"] for s in approximated["shards"]),
                             **{f"audit_{k}": v for k, v in audit["after"].items() if v == v},
@@ -195,6 +199,33 @@ def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str,
     for key, value in version_tags.items():
         client.set_model_version_tag(params.tracking.registered_model, version, key, value)
     return {"run_id": run_id, "version": version}
+
+
+def fold_details(shards: list[dict]) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """The methods' per-edit ``details`` of every affected shard (``{"shard", "details": [..]}``)
+    folded for a record: the largest value of each number, and for each flag the shards
+    where it was true (certified_removal's ``retrain_triggered``)."""
+    numbers, flags = {}, {}
+    for s in shards:
+        for d in s["details"]:
+            for k, v in d.items():
+                if isinstance(v, bool):
+                    hits = flags.setdefault(k, [])
+                    if v and s["shard"] not in hits:
+                        hits.append(s["shard"])
+                elif isinstance(v, (int, float)) and v == v:
+                    numbers[k] = max(numbers.get(k, v), float(v))
+    return numbers, flags
+
+
+def _certified_tags(method: str, numbers: dict, flags: dict) -> dict:
+    """certified_removal's guarantee as version tags (shown by ``lineage``)."""
+    if method != "certified_removal" or "epsilon" not in numbers:
+        return {}
+    retrained = flags.get("retrain_triggered", [])
+    return {"certified_epsilon": f"{numbers['epsilon']:g}", "certified_delta": f"{numbers['delta']:g}",
+            "certified_spent": f"{numbers['spent']:.4g}", "certified_budget": f"{numbers['budget']:.4g}",
+            "certified_retrained_shards": ",".join(map(str, retrained)) or "none"}
 
 
 def mark_superseded_approximations(ws: Workspace, params: Params, exact_version: str, erasure_id: str,

@@ -92,3 +92,49 @@ def test_an_unknown_method_is_refused_before_the_request_is_filed(tmp_path, caps
     assert "unlearning method 'magic' is unknown; valid choices: sisa (exact only), amun, finetune" in err
     assert not (ws.root / "ledger" / "requests.jsonl").exists() or \
         not (ws.root / "ledger" / "requests.jsonl").read_text().strip()
+
+
+def _subjects_in_training(ws, params, count: int) -> list[str]:
+    from unlearnflow.datasets import load_dataset
+    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
+    from unlearnflow.stages import load_split
+
+    in_training = set(load_split(ws.layout, "train").subject_ids)
+    return [raw for raw in sorted(set(load_dataset(params.data).subject_ids))
+            if pseudonym(SYNTHETIC_KEY, raw) in in_training][:count]
+
+
+def test_certified_removal_records_its_guarantee_in_the_record_mlflow_and_lineage(prefect_server, tmp_path, capsys):
+    from flows.train import run_train
+    from test_pipeline_integration import FAST
+
+    certified = {"lam": 0.01, "sigma": 1.0, "epsilon": 1.0, "delta": 1e-4}
+    ws = make_workspace(tmp_path / "cr", {**FAST, "train": {"model": "logreg", "certified": certified},
+                                          "promote": {"min_test_accuracy": 0.0}})
+    trained = run_train(str(ws.root))
+    assert trained["metrics"]["ensemble_accuracy"] > 0.5
+    first, second = _subjects_in_training(ws, ws.load_params(), 2)
+    capsys.readouterr()
+    spent = []
+    for subject in (first, second):  # two fast paths: the second's retain data leaves the first's records out
+        assert cli("forget", "-C", str(ws.root), "--subject", subject, "--method", "certified_removal",
+                   "--exact", "later") == 0
+        out = capsys.readouterr().out
+        assert "certified (epsilon 1, delta 0.0001); bound " in out
+        record = json.loads(sorted((ws.root / "lineage" / "approximations").glob("*.json"))[-1].read_text())
+        (shard, entry), = record["affected_shards"].items()
+        d, = entry["method_details"]
+        assert d["epsilon"] == 1.0 and d["delta"] == 1e-4 and 0 < d["bound"] and d["residual"] <= d["bound"]
+        assert isinstance(d["retrain_triggered"], bool) and (d["spent"] <= d["budget"])
+        spent.append((shard, d))
+    client = client_for(ws)
+    prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    assert prod.tags["certified_epsilon"] == "1" and prod.tags["certified_delta"] == "0.0001"
+    assert float(prod.tags["certified_budget"]) == pytest.approx(spent[-1][1]["budget"], rel=1e-3)
+    run = client.get_run(prod.run_id)
+    assert run.data.metrics["unlearn_bound"] == pytest.approx(spent[-1][1]["bound"])
+    assert run.data.tags["unlearn_retrain_triggered_shards"] in ("none", spent[-1][0])
+    if spent[0][0] == spent[1][0] and not spent[1][1]["retrain_triggered"]:  # same shard: the bound accumulates
+        assert spent[1][1]["spent"] >= spent[0][1]["spent"]
+    assert cli("lineage", "-C", str(ws.root)) == 0
+    assert "certified removal: (epsilon 1, delta 0.0001); gradient-residual bound spent" in capsys.readouterr().out

@@ -160,6 +160,18 @@ def forget_confidence(model, x, y) -> float:
         return float(torch.softmax(model(x), 1)[torch.arange(len(y)), y].mean())
 
 
+def certified_logreg(x, y, classes=4, lam=1e-3):
+    """The model ``certified_removal`` takes: a logreg at the perturbed optimum (``train.certified``)."""
+    from unlearnflow import certified
+    from unlearnflow.config import CertifiedConfig
+    from unlearnflow.models import create_model
+
+    cfg = CertifiedConfig(lam=lam, sigma=0.01)
+    model = create_model("logreg", tuple(x.shape[1:]), classes, seed=0)
+    model.set_certified(certified.train(certified.features(x), y, classes, cfg, seed=5), cfg, seed=5)
+    return model.eval()
+
+
 @pytest.mark.parametrize("use_retain", [True, False], ids=["with-retain", "without-retain"])
 @pytest.mark.parametrize("name", UNLEARNERS.names())
 def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
@@ -167,6 +179,10 @@ def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
     forget, retain = Edit(x[:12], y[:12], train_size=len(y)), Data(x[12:], y[12:])
     cfg = UnlearnConfig(lr=0.05, epochs=10, use_retain=use_retain)  # one setting for every method
     method = create_unlearner(name)
+    if method.accepts(model):  # a method for one kind of model (certified_removal): that model
+        with pytest.raises(ValueError, match=f"method '{name}' cannot update this model"):
+            method(model, forget, retain, replace(cfg, use_retain=True))
+        model = certified_logreg(x, y)
     if method.needs_retain and not use_retain:
         with pytest.raises(ValueError, match=f"method '{name}' needs retain data"):
             method(model, forget, retain, cfg)
@@ -181,7 +197,7 @@ def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
 
 
 def test_an_unknown_method_names_the_valid_ones():
-    with pytest.raises(Exception, match="unknown unlearning method 'magic'; valid choices: 'amun', 'finetune'"):
+    with pytest.raises(Exception, match="unknown unlearning method 'magic'; valid choices: 'amun', 'certified_removal', 'finetune'"):
         create_unlearner("magic")
 
 
@@ -217,3 +233,18 @@ def test_shard_edits_split_erasures_corrections_and_retain(tmp_path):
     updated.write_bytes(data)
     model, meta = load_constituent(updated)
     assert meta["slice_keys"] == result.slice_keys and data != path.read_bytes()
+
+
+def test_retain_data_leaves_out_what_an_earlier_fast_path_already_applied():
+    from conftest import make_records
+    from unlearnflow.approximate import shard_edits
+    from unlearnflow.config import PartitionConfig
+    from unlearnflow.partition import partition
+
+    (manifest, images), = partition(make_records(40), PartitionConfig(shards=(0,), slices=2))
+    ids, labels = manifest.record_ids, list(manifest.labels)
+    erase, relabel, retain = shard_edits(manifest, images, {ids[0]}, {}, earlier_erased={ids[1], ids[2]},
+                                         earlier_rectified={ids[3]: (labels[3] + 1) % 4})
+    assert len(retain) == 40 - 3 and erase.train_size == 38 and relabel is None
+    assert retain.y.tolist()[0] == (labels[3] + 1) % 4  # ids[3] is the first record kept, with its corrected label
+    assert list(manifest.labels) == labels  # the manifest itself is untouched

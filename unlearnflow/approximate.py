@@ -22,15 +22,23 @@ from unlearnflow.unlearning import Data, Edit, UnlearnResult, create_unlearner
 
 
 def shard_edits(manifest: ShardManifest, images, erased: set[str], rectified: dict[str, int],
-                device: torch.device = torch.device("cpu")) -> tuple[Edit | None, Edit | None, Data]:
+                device: torch.device = torch.device("cpu"), earlier_erased: set[str] = frozenset(),
+                earlier_rectified: dict[str, int] | None = None) -> tuple[Edit | None, Edit | None, Data]:
     """(erasure edit, label-correction edit, retain data) of one shard, on ``device``; an
-    edit is None when the shard has no such record. Retain data excludes every affected record."""
+    edit is None when the shard has no such record. Retain data excludes every affected
+    record, and what the model already forgot (``earlier_erased``: an earlier fast path's
+    erasures, still in the shard until the exact erasure); records an earlier fast path
+    relabelled are in it with their corrected labels."""
     ids = manifest.record_ids
-    labels = np.asarray(manifest.labels, dtype=np.int64)
+    labels = np.array(manifest.labels, dtype=np.int64)  # a copy: corrected in place below
+    for i, r in enumerate(ids):
+        if earlier_rectified and r in earlier_rectified:
+            labels[i] = earlier_rectified[r]
     gone = np.array([r in erased for r in ids], dtype=bool)
+    forgotten = np.array([r in earlier_erased for r in ids], dtype=bool)
     relabel = np.array([not gone[i] and r in rectified and rectified[r] != labels[i] for i, r in enumerate(ids)],
                        dtype=bool)
-    keep = ~gone & ~relabel
+    keep = ~gone & ~relabel & ~forgotten
 
     def x(mask):
         return to_input(images[np.flatnonzero(mask)]).to(device)
@@ -39,22 +47,25 @@ def shard_edits(manifest: ShardManifest, images, erased: set[str], rectified: di
         return torch.as_tensor(values).to(device)
 
     retain = Data(x(keep), y(labels[keep]))
-    erase_edit = Edit(x(gone), y(labels[gone]), train_size=len(ids)) if gone.any() else None
+    size = len(ids) - int(forgotten.sum())  # what the model was (in effect) trained on
+    erase_edit = Edit(x(gone), y(labels[gone]), train_size=size) if gone.any() else None
     relabel_edit = None
     if relabel.any():
         y_new = np.array([rectified[r] for r, m in zip(ids, relabel) if m], dtype=np.int64)
-        relabel_edit = Edit(x(relabel), y(labels[relabel]), y_new=y(y_new), train_size=len(ids) - int(gone.sum()))
+        relabel_edit = Edit(x(relabel), y(labels[relabel]), y_new=y(y_new), train_size=size - int(gone.sum()))
     return erase_edit, relabel_edit, retain
 
 
 def approximate_constituent(path, manifest: ShardManifest, images, erased: set[str],
-                            rectified: dict[str, int], cfg: UnlearnConfig, threads: int = 1, device: str = "cpu"
+                            rectified: dict[str, int], cfg: UnlearnConfig, threads: int = 1, device: str = "cpu",
+                            earlier_erased: set[str] = frozenset(), earlier_rectified: dict[str, int] | None = None
                             ) -> tuple[bytes, list[UnlearnResult]] | None:
     """The updated constituent's file bytes and the method's results, or None if the
     shard is unaffected. Erasures are applied first, then label corrections; on
-    ``device`` (``train.device``)."""
+    ``device`` (``train.device``). ``earlier_*``: see ``shard_edits``."""
     device = resolve(device)
-    erase_edit, relabel_edit, retain = shard_edits(manifest, images, erased, rectified, device)
+    erase_edit, relabel_edit, retain = shard_edits(manifest, images, erased, rectified, device, earlier_erased,
+                                                   earlier_rectified)
     if erase_edit is None and relabel_edit is None:
         return None
     set_deterministic(threads, device)
@@ -69,3 +80,4 @@ def approximate_constituent(path, manifest: ShardManifest, images, erased: set[s
     spec = ModelSpec.from_json(meta["spec"])
     weights = {k: v.cpu() for k, v in model.state_dict().items()} if device.type != "cpu" else model.state_dict()
     return constituent_bytes(spec, weights, meta["slice_keys"], manifest.shard), results
+

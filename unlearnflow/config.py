@@ -98,6 +98,26 @@ class DPConfig:
 
 
 @dataclass(frozen=True)
+class CertifiedConfig:
+    """Certified removal (``unlearnflow/certified.py``, Guo et al. 2020) for ``train.model: logreg``:
+    each constituent is trained to the optimum of an L2-regularised logistic loss plus a random
+    linear term (standard deviation ``sigma``); the ``certified_removal`` method then removes
+    records by a Newton step while the accumulated gradient-residual bound keeps the model
+    (``epsilon``, ``delta``)-indistinguishable from one retrained without them, and retrains past that."""
+
+    lam: float = 0.01  # L2 strength per record: the objective carries lam * n / 2 * |w|^2
+    sigma: float = 1.0  # standard deviation of the loss perturbation
+    epsilon: float = 1.0
+    delta: float = 1e-4
+
+    def __post_init__(self):
+        _check(self.lam > 0, "train.certified.lam", self.lam, "a positive number")
+        _check(self.sigma > 0, "train.certified.sigma", self.sigma, "a positive number")
+        _check(self.epsilon > 0, "train.certified.epsilon", self.epsilon, "a positive number")
+        _check(0 < self.delta < 1, "train.certified.delta", self.delta, "a number in (0, 1), e.g. 1e-4")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How one constituent is trained, slice by slice.
 
@@ -120,6 +140,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: the first GPU if one is visible, else cpu)
     loader_workers: int = 0  # DataLoader processes reading batches from disk (0: the training process)
     dp: DPConfig | None = None  # DP-SGD (Opacus); null = ordinary training
+    certified: CertifiedConfig | None = None  # logreg only: trained for certified removal; null = Adam
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -130,6 +151,10 @@ class TrainConfig:
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device", self.device,
                "'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check(self.loader_workers >= 0, "train.loader_workers", self.loader_workers, "an integer >= 0")
+        _check(self.certified is None or self.model == "logreg", "train.model", self.model,
+               "'logreg' when train.certified is set (certified removal is defined for a linear model)")
+        _check(self.certified is None or self.dp is None, "train.dp", "set",
+               "null when train.certified is set (one or the other)")
 
     def stage_epochs(self, slices: int, overlap: float = 0.0) -> int:
         """Epochs per slice stage, at least 1, so that R stages cost about E passes over the shard:
@@ -253,6 +278,11 @@ class Params:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def __post_init__(self):
+        _check(self.train.certified is None or not self.partition.overlap, "partition.overlap",
+               self.partition.overlap, "0 when train.certified is set (each stage trains to the optimum "
+               "on slices 1..k)")
 
     def to_dict(self) -> dict:
         return to_dict(self)

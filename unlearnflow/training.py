@@ -104,7 +104,7 @@ def pixel_hash(images, start: int, end: int) -> str:
 def weights_config(cfg: TrainConfig, device: str) -> dict:
     """What of the train config decides the weights (see ``TrainConfig``)."""
     out = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "loader_workers")
-           and not (k == "dp" and v is None)}  # keys of ordinary training stay those from before train.dp
+           and not (k in ("dp", "certified") and v is None)}  # keys of ordinary training stay as they were
     return {**out, "device_class": device}
 
 
@@ -275,7 +275,11 @@ def train_constituent(
         rows = manifest.stage_rows(k)  # slices 0..k, or with overlap its window
         if cfg.dp is not None:
             noise.manual_seed(derive_seed(cfg.seed, shard, k, "dp-noise"))
-        for epoch in range(epochs if len(rows) else 0):
+        if cfg.certified is not None:  # to the optimum on these rows, from the previous stage's weights
+            _fit_certified(model, images, y, rows, cfg, derive_seed(cfg.seed, shard, "perturbation"))
+            callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=0, epochs=1, loss=float("nan"),
+                              records=len(rows))
+        for epoch in range(epochs if len(rows) and cfg.certified is None else 0):
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, shard, k, epoch))
             loss = step(fit, opt, images, y, cfg, g, device, loader, rows)
             callbacks.trigger("on_epoch_end", shard=shard, stage=k, epoch=epoch, epochs=epochs, loss=loss,
@@ -288,6 +292,19 @@ def train_constituent(
     callbacks.trigger("on_end", shard=shard, seconds=seconds, trained_stages=trained)
     weights = model.state_dict() if device.type == "cpu" else {k: v.cpu() for k, v in model.state_dict().items()}
     return TrainResult(weights, keys, resume, trained, seconds, device_class(device))
+
+
+def _fit_certified(model, images, y: torch.Tensor, rows: np.ndarray, cfg: TrainConfig, seed: int) -> None:
+    """``train.certified``: the logreg constituent at the optimum of Guo et al.'s perturbed
+    objective on ``rows`` (the loss perturbation drawn from ``seed``, one per shard)."""
+    from unlearnflow import certified
+
+    if not len(rows):
+        return
+    X = certified.features(to_input(np.asarray(images[rows])))
+    start = model.linear.weight.detach().cpu().clone()
+    W = certified.train(X, y[rows], model.linear.out_features, cfg.certified, seed, start=start)
+    model.set_certified(W.to(model.linear.weight.device), cfg.certified, seed)
 
 
 def _optimizer_state(opt) -> dict:

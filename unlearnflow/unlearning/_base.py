@@ -75,11 +75,18 @@ class Unlearner:
         if self.needs_retain and retain is None:
             raise ValueError(f"method {self.name!r} needs retain data (unlearn.use_retain is false or none given); "
                              f"methods that work without it: {', '.join(n for n in UNLEARNERS.names() if not UNLEARNERS.get(n).needs_retain)}")
+        why = self.accepts(model)
+        if why:
+            raise ValueError(f"method {self.name!r} cannot update this model: {why}")
         t0 = time.perf_counter()
         model = copy.deepcopy(model)
         details = self.update(model, edit, retain, cfg) or {}
         model.eval()
         return model, UnlearnResult(self.name, time.perf_counter() - t0, retain is not None, details)
+
+    def accepts(self, model: nn.Module) -> str | None:
+        """None if this method can update ``model``, else why not (most methods take any model)."""
+        return None
 
     def update(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> dict | None:
         raise NotImplementedError
