@@ -36,7 +36,7 @@ import torch
 
 from unlearnflow.audit import Outputs
 from unlearnflow.audit.report import audit, avg_gap
-from unlearnflow.config import DataConfig, PartitionConfig, TrainConfig, UnlearnConfig
+from unlearnflow.config import CertifiedConfig, DataConfig, DPConfig, PartitionConfig, TrainConfig, UnlearnConfig
 from unlearnflow.erasure import apply_requests, load_pseudonymized
 from unlearnflow.records import RecordSet, split_records
 from unlearnflow.sisa import train_ensemble
@@ -49,12 +49,20 @@ GRIDS = {  # method -> list of UnlearnConfig overrides tried
     "finetune": [{"lr": lr} for lr in LRS],
     "gradient_ascent": [{"lr": lr} for lr in LRS + (1e-4, 1e-5)],  # every AMUN-grid rate diverged: go lower
     "random_label": [{"lr": lr} for lr in LRS + (1e-4, 1e-5)],
-    "amun": [{"lr": lr} for lr in LRS],
+    "amun": [{"lr": lr} for lr in LRS + (1e-4,)],  # 1e-4: sequential requests without retain chose 1e-3, the smallest
     "influence_first_order": [{"lr": t} for t in (1e-3, 1e-4, 1e-5, 1e-6)],
     "influence_second_order": [{"damping": d} for d in (0.01, 0.1, 1.0)],
+    "influence_last_layer": [{"damping": d} for d in (1e-4, 1e-3, 1e-2, 0.1)],
     "retrain": [{"lr": 0.001, "epochs": 20}],  # the training recipe's optimiser and budget, no augmentation
 }
+VARIANTS = {  # extra rows: label -> (method, fixed UnlearnConfig overrides); the method's grid applies
+    "amun (batch retain)": ("amun", {"amun_retain": "batch"}),
+}
 BASE = UnlearnConfig(epochs=10, hessian_samples=512, ihvp_iterations=20)
+CERTIFIED = CertifiedConfig()  # the defaults: lam 0.01, sigma 1, (epsilon 1, delta 1e-4)
+DP = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+DP_SCENARIOS = ("random 10%", "flipped labels 5%")  # the other scenarios train on random 10%'s training set
+CNN_ONLY = [n for n in UNLEARNERS.names() if n != "certified_removal"]  # it takes a certified logreg (own table)
 SCENARIOS = ("random 10%", "flipped labels 5%", "one subject", "5 x 2% sequential", "rectify flipped 5%")
 
 
@@ -68,9 +76,10 @@ def as_data(rs: RecordSet) -> Data:
     return Data(to_input(rs.images), torch.as_tensor(rs.labels))
 
 
-def run_scenario(name: str, smoke: bool = False) -> dict:
-    """One forget set, every method. ``smoke``: 1 training epoch and the first grid value
-    only (checks the script, measures nothing)."""
+def run_scenario(name: str, smoke: bool = False, rows_wanted: list[str] | None = None) -> dict:
+    """One forget set, every method (or the rows named in ``rows_wanted``: methods and
+    ``VARIANTS`` labels). ``smoke``: 1 training epoch and the first grid value only
+    (checks the script, measures nothing)."""
     torch.set_num_threads(1)
     cfg = DataConfig()
     splits = split_records(load_pseudonymized(cfg, b""), cfg)
@@ -121,41 +130,91 @@ def run_scenario(name: str, smoke: bool = False) -> dict:
     print(f"[{name}] {len(forget)} forget records; original {original_seconds:.0f}s, retrain {retrain_seconds:.0f}s",
           flush=True)
 
-    for method in UNLEARNERS.names():
+    def unlearn(method: str, model, ucfg: UnlearnConfig):
+        """The requests one after the other; returns the model, seconds, per-request details."""
+        seconds, details, remaining = 0.0, [], train
+        for chunk in chunks:
+            ids = {train.record_ids[i] for i in chunk}
+            gone = remaining.take([i for i, r in enumerate(remaining.record_ids) if r in ids])
+            remaining = apply_requests(remaining, ids, {})
+            edit = Edit(to_input(gone.images), torch.as_tensor(gone.labels), train_size=len(remaining) + len(gone))
+            if corrected is not None:  # the right label of each edited record, in gone's order
+                right = dict(zip(corrected.record_ids, corrected.labels.tolist()))
+                edit.y_new = torch.as_tensor([right[r] for r in gone.record_ids])
+            model, result = create_unlearner(method)(model, edit, as_data(remaining), ucfg)
+            seconds += result.seconds
+            details.append(result.details)
+        return model, seconds, details
+
+    for label in [r for r in rows_wanted or CNN_ONLY + list(VARIANTS) if r in CNN_ONLY or r in VARIANTS]:
+        method, fixed = VARIANTS.get(label, (label, {}))
         cls = UNLEARNERS.get(method)
         variants = [True] if cls.needs_retain else [False] if not cls.can_use_retain else [True, False]
+        if fixed.get("amun_retain") == "batch":
+            variants = [True]  # without retain data the two AMUN variants are the same
         for use_retain in variants:
             tried = []
             for overrides in GRIDS[method][:1] if smoke else GRIDS[method]:
-                ucfg = replace(BASE, method=method, use_retain=use_retain, **overrides)
-                model, seconds, details, remaining = original, 0.0, [], train
-                for chunk in chunks:  # one request after the other
-                    ids = {train.record_ids[i] for i in chunk}
-                    gone = remaining.take([i for i, r in enumerate(remaining.record_ids) if r in ids])
-                    remaining = apply_requests(remaining, ids, {})
-                    edit = Edit(to_input(gone.images), torch.as_tensor(gone.labels), train_size=len(remaining) + len(gone))
-                    if corrected is not None:  # the right label of each edited record, in gone's order
-                        right = dict(zip(corrected.record_ids, corrected.labels.tolist()))
-                        edit.y_new = torch.as_tensor([right[r] for r in gone.record_ids])
-                    model, result = create_unlearner(method)(model, edit, as_data(remaining), ucfg)
-                    seconds += result.seconds
-                    details.append(result.details)
+                ucfg = replace(BASE, method=method, use_retain=use_retain, **fixed, **overrides)
+                model, seconds, details = unlearn(method, original, ucfg)
                 rep = report(model)
                 tried.append({"choice": overrides, **rep, "gap_a": avg_gap(rep, a), "seconds": seconds,
                               "details": details})
             best = min(tried, key=lambda r: r["gap_a"] if r["gap_a"] == r["gap_a"] else np.inf)
-            rows.append({"method": method, "retain": "yes" if use_retain else "no", **best,
+            rows.append({"method": label, "retain": "yes" if use_retain else "no", **best,
                          "grid": [{"choice": t["choice"], "gap_a": t["gap_a"]} for t in tried]})
-            print(f"[{name}] {method:24s} retain={use_retain!s:5s} {best['choice']}: gap to B "
+            print(f"[{name}] {label:24s} retain={use_retain!s:5s} {best['choice']}: gap to B "
                   f"{100 * avg_gap(best, b):.2f}, {best['seconds']:.1f}s", flush=True)
     for r in rows:
         r["gap_b"] = avg_gap(r, b)
         r["time_share"] = r["seconds"] / retrain_seconds
     rows.append({"method": "retrain B (seed 2)", "retain": "yes", "choice": "-", **b, "gap_b": 0.0,
                  "seconds": retrain_seconds, "time_share": 1.0})
-    return {"scenario": name, "forget_records": len(forget), "requests": len(chunks), "rows": rows,
-            "retrain_a": a, "noise_floor": avg_gap(a, b), "original_seconds": original_seconds,
-            "retrain_seconds": retrain_seconds}
+    result = {"scenario": name, "forget_records": len(forget), "requests": len(chunks), "rows": rows,
+              "retrain_a": a, "noise_floor": avg_gap(a, b), "original_seconds": original_seconds,
+              "retrain_seconds": retrain_seconds}
+    if rows_wanted is None or "certified_removal" in rows_wanted:
+        result["certified"] = certified_rows(train, retain if corrected is None else corrected, smoke, report, unlearn)
+    if (rows_wanted is None or "dp" in rows_wanted) and name in DP_SCENARIOS:
+        result["dp"] = dp_row(train, tcfg, report, b, smoke)
+    return result
+
+
+def certified_rows(train: RecordSet, reference: RecordSet, smoke: bool, report, unlearn) -> dict:
+    """certified_removal on a monolithic ``train.certified`` logreg, against two logregs
+    retrained on ``reference`` (other perturbation seeds): its own noise floor."""
+    tcfg = TrainConfig(model="logreg", certified=CERTIFIED, epochs=1)
+
+    def fit(records, seed):
+        t0 = time.perf_counter()
+        ensemble, _ = train_ensemble(records, MONOLITHIC, replace(tcfg, seed=seed))
+        return ensemble.models[0], time.perf_counter() - t0
+
+    original, _ = fit(train, 0)
+    (ref_a, seconds), (ref_b, _) = fit(reference, 1), fit(reference, 2)
+    a, b = report(ref_a), report(ref_b)
+    model, spent, details = unlearn("certified_removal", original, replace(BASE, method="certified_removal"))
+    rows = [{"method": "logreg, train.certified (original)", **report(original), "seconds": 0.0, "details": []},
+            {"method": "certified_removal", **report(model), "seconds": spent, "details": details},
+            {"method": "logreg retrain B (seed 2)", **b, "seconds": seconds, "details": []}]
+    for r in rows:
+        r["gap_b"], r["time_share"] = avg_gap(r, b), r["seconds"] / seconds
+    return {"rows": rows, "noise_floor": avg_gap(a, b), "retrain_seconds": seconds, "config": CERTIFIED.__dict__}
+
+
+def dp_row(train: RecordSet, tcfg: TrainConfig, report, b: dict, smoke: bool) -> dict:
+    """The CNN trained with DP-SGD (``train.dp``) on the whole training set, nothing unlearned:
+    the alternative to unlearning. Its Avg Gap is to the ordinary CNN retrain B."""
+    from unlearnflow.dp import constituent_epsilon
+    from unlearnflow.partition import partition
+
+    cfg = replace(tcfg, dp=DP)
+    t0 = time.perf_counter()
+    ensemble, _ = train_ensemble(train, MONOLITHIC, cfg)
+    seconds = time.perf_counter() - t0
+    rep = report(ensemble.models[0])
+    eps = constituent_epsilon(partition(train, MONOLITHIC)[0][0], cfg)
+    return {**rep, "gap_b": avg_gap(rep, b), "seconds": seconds, "epsilon": eps, "config": DP.__dict__}
 
 
 def main() -> None:
@@ -164,6 +223,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="scenarios run at once (processes, 1 torch thread each)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "unlearning"))
     ap.add_argument("--smoke", action="store_true", help="1 training epoch, first grid value: a quick check")
+    ap.add_argument("--rows", default=None, help="comma-separated methods, variant labels, 'certified_removal' "
+                                                 "and 'dp' (default: all)")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from the recorded OUT.json")
     args = ap.parse_args()
     if args.render:
@@ -176,7 +237,8 @@ def main() -> None:
         ap.error(f"unknown scenario(s) {unknown}; valid: {', '.join(SCENARIOS)}")
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs) as pool:
-        results = pool.starmap(run_scenario, [(n, args.smoke) for n in names])
+        rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+        results = pool.starmap(run_scenario, [(n, args.smoke, rows) for n in names])
     write(Path(args.out), results, time.perf_counter() - t0)
 
 
@@ -214,9 +276,43 @@ def write(out: Path, results: list[dict], wall: float, date: str | None = None) 
                          f"{p(r['forget_vs_holdout_mia_auc'])} | {p(r['gap_b'])} | {closed(r['gap_b'])} | "
                          f"{p(abs(r['forget_vs_holdout_mia_auc'] - auc_b))} | {100 * r['time_share']:.0f}% |")
         lines.append("")
+        lines += guarantee_lines(res, p)
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def guarantee_lines(res: dict, p) -> list[str]:
+    """The scenario's certified-removal and DP-SGD table (when measured)."""
+    cert, dp = res.get("certified"), res.get("dp")
+    if not cert and not dp:
+        return []
+    lines = ["Other guarantees. **certified_removal** on a monolithic logreg trained with `train.certified` "
+             + (f"(lam {cert['config']['lam']:g}, sigma {cert['config']['sigma']:g}, epsilon {cert['config']['epsilon']:g}, "
+                f"delta {cert['config']['delta']:g}); its Avg Gap is to a logreg retrained on what is left (seed 2; "
+                f"noise floor {p(cert['noise_floor'])}), time as a share of that retrain ({cert['retrain_seconds']:.1f}s). "
+                if cert else "(not run). ")
+             + ("**DP-SGD**: the CNN trained with `train.dp` on the whole training set, nothing unlearned; its Avg Gap "
+                "is to the ordinary CNN's retrain B, time as a share of that retrain." if dp else
+                "DP-SGD: not run on this scenario (its training set is random 10%'s; see that table)."), "",
+             "| model | forget acc | retain acc | test acc | MIA-eff. | AUC | Avg Gap | epsilon (delta) | "
+             "certified removal | time |", "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    for r in cert["rows"] if cert else []:
+        d = r["details"]
+        guarantee = (f"({cert['config']['epsilon']:g}, {cert['config']['delta']:g})" if r["method"] != "logreg retrain B (seed 2)"
+                     else "exact")
+        cr = ("-" if not d else f"bound spent {max(x['spent'] for x in d):.3g} of {d[0]['budget']:.3g}; "
+              f"retrained in {sum(x['retrain_triggered'] for x in d)} of {len(d)} request(s)")
+        lines.append(f"| {r['method']} | {p(r['forget_accuracy'])} | {p(r['retain_accuracy'])} | "
+                     f"{p(r['test_accuracy'])} | {p(r['mia_efficacy'])} | {p(r['forget_vs_holdout_mia_auc'])} | "
+                     f"{p(r['gap_b'])} | {guarantee} | {cr} | {100 * r['time_share']:.0f}% |")
+    if dp:
+        lines.append(f"| CNN, train.dp (noise {dp['config']['noise_multiplier']:g}, clip {dp['config']['max_grad_norm']:g}) "
+                     f"| {p(dp['forget_accuracy'])} | {p(dp['retain_accuracy'])} | {p(dp['test_accuracy'])} | "
+                     f"{p(dp['mia_efficacy'])} | {p(dp['forget_vs_holdout_mia_auc'])} | {p(dp['gap_b'])} | "
+                     f"({dp['epsilon']:.1f}, {dp['config']['delta']:g}) | - | "
+                     f"{100 * dp['seconds'] / res['retrain_seconds']:.0f}% |")
+    return lines + [""]
 
 
 if __name__ == "__main__":

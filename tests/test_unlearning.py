@@ -114,6 +114,23 @@ def test_second_order_restores_more_of_a_label_flip_and_predictions_move_toward_
     assert d2 < 0.1 * gap and d2 < d1 / 3  # second order restores more of the flip
 
 
+@pytest.mark.parametrize("relabel", [False, True], ids=["erase", "relabel"])
+def test_last_layer_hessian_equals_the_full_second_order_step_on_a_linear_model(relabel):
+    """On a model that is only its last layer, the exact last-layer Newton step and CG on the
+    whole model solve the same system."""
+    x, y = logistic_data(seed=4)
+    model = fit_logistic(x, y)
+    i = 7
+    keep = torch.arange(len(y)) != i
+    edit = Edit(x[i:i + 1], y[i:i + 1], y_new=(1 - y[i:i + 1]) if relabel else None)
+    retain = Data(x[keep], y[keep])
+    cg, _ = create_unlearner("influence_second_order")(model, edit, retain, SECOND)
+    exact, result = create_unlearner("influence_last_layer")(model, edit, retain, SECOND)
+    assert result.details["parameters"] == 2 * 6
+    moved = (flat(cg) - flat(model)).norm()
+    assert moved > 0 and (flat(exact) - flat(cg)).norm() < 1e-6 * moved
+
+
 def test_removing_a_feature_from_every_record_with_second_order_approaches_retraining():
     x, y = logistic_data(seed=2)
     model = fit_logistic(x, y)
@@ -248,3 +265,25 @@ def test_retain_data_leaves_out_what_an_earlier_fast_path_already_applied():
     assert len(retain) == 40 - 3 and erase.train_size == 38 and relabel is None
     assert retain.y.tolist()[0] == (labels[3] + 1) % 4  # ids[3] is the first record kept, with its corrected label
     assert list(manifest.labels) == labels  # the manifest itself is untouched
+
+
+@pytest.mark.parametrize("mode", ["full", "batch"])
+def test_amun_passes_over_retain_data_as_configured(mode):
+    import math
+
+    model, x, y = tiny_task()
+    forget, retain = Edit(x[:12], y[:12]), Data(x[12:], y[12:])
+    cfg = UnlearnConfig(method="amun", epochs=2, batch_size=32, amun_retain=mode)
+    _, result = create_unlearner("amun")(model, forget, retain, cfg)
+    fine_tuned = 12 + 12 + (len(retain) if mode == "full" else 0)  # forget + adversarial (+ every retain record)
+    assert result.details["steps"] == 2 * math.ceil(fine_tuned / 32)
+    assert result.details["flipped"] == 1.0  # every adversarial example found changes the prediction
+
+
+def test_amun_adversarial_examples_stay_valid_images():
+    from unlearnflow.unlearning.amun import nearest_adversarial
+
+    model, x, y = tiny_task()
+    adv, label, eps = nearest_adversarial(model, x[:20], y[:20], steps=10, eps_init=None, doublings=8)
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert ((adv - x[:20]).flatten(1).norm(dim=1) <= eps + 1e-5).all()

@@ -220,6 +220,9 @@ class UnlearnConfig:
     pgd_steps: int = 10  # AMUN: L2 PGD steps per radius
     eps_init: float | None = None  # AMUN: first L2 radius; null = from each example's logit margin
     eps_doublings: int = 8  # AMUN: times the radius may double before giving up on an example
+    amun_retain: str = "full"  # AMUN with retain data: full = each epoch passes over retain + forget + adversarial
+    #                            examples (the authors' protocol); batch = each batch of forget + adversarial
+    #                            examples joined by as many random retain records (cost follows the forget set)
 
     def __post_init__(self):
         _check(self.lr > 0, "unlearn.lr", self.lr, "a positive number")
@@ -233,6 +236,7 @@ class UnlearnConfig:
         _check(self.lissa_scale > 0, "unlearn.lissa_scale", self.lissa_scale, "a positive number")
         _check(self.eps_init is None or self.eps_init > 0, "unlearn.eps_init", self.eps_init,
                "a positive number or null")
+        _check(self.amun_retain in ("full", "batch"), "unlearn.amun_retain", self.amun_retain, "'batch' or 'full'")
 
 
 @dataclass(frozen=True)

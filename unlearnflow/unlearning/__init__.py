@@ -8,6 +8,7 @@
 | random_label            | optional    | fine-tune on the forget set with random wrong labels    |
 | influence_first_order   | never       | Warnecke et al. (NDSS 2023), gradient step              |
 | influence_second_order  | optional    | Warnecke et al., inverse-Hessian step (CG or LiSSA)     |
+| influence_last_layer    | needs       | the same on the last linear layer, exact Hessian        |
 | amun                    | optional    | AMUN (ICML 2025): fine-tune on nearest adversarials     |
 | certified_removal       | needs       | Guo et al. (ICML 2020): Newton step, (eps, delta) bound |
 
@@ -21,7 +22,7 @@ tests/test_unlearning.py runs every registered method.
 
 from unlearnflow.unlearning._base import UNLEARNERS, Data, Edit, Unlearner, UnlearnResult, register_unlearner
 from unlearnflow.unlearning import (  # noqa: F401  (registration)
-    amun, certified_removal, finetune, gradient_ascent, influence, random_label, retrain,
+    amun, certified_removal, finetune, gradient_ascent, influence, influence_last_layer, random_label, retrain,
 )
 
 

@@ -7,8 +7,10 @@ linearised distance to the decision boundary), run ``pgd_steps`` steps, and doub
 radius for the examples whose prediction has not flipped yet (at most
 ``eps_doublings`` times). All examples are searched together in one batch and each
 stops at its first flip. The adversarial examples are labelled with the model's own
-(wrong) prediction; the model is then fine-tuned on forget + adversarial examples,
-each batch joined by as many retain records when retain data may be used.
+(wrong) prediction, and adversarial images are kept in the pixel range. The model is then
+fine-tuned on forget + adversarial examples; with retain data, by default on retain +
+forget + adversarial examples each epoch, as the authors' code does (``unlearn.amun_retain:
+full``), or with each batch joined by as many random retain records (``batch``: cheaper).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def nearest_adversarial(model, x: torch.Tensor, y: torch.Tensor, steps: int, eps
                 step = 2.5 * radius / steps * grad / _norms(grad)
                 delta = torch.where(active.view(-1, *([1] * (x.dim() - 1))), delta + step, delta)
                 delta = delta * torch.clamp(radius / _norms(delta), max=1.0)  # project onto the L2 ball
+                delta = (x0 + delta).clamp(0, 1) - x0  # and keep a valid image (pixels in [0, 1])
                 pred = model(x0 + delta).argmax(1)
                 active &= pred == y0  # an example stops at its first flip
             if not active.any():
@@ -84,6 +87,9 @@ class AMUN(Unlearner):
                                                   cfg.eps_doublings)
         search = time.perf_counter() - t0
         data = concat(edit.forget, Data(adv, adv_label), edit.replacement)
-        steps = fit(model, data, cfg, retain=retain)
+        if retain is not None and cfg.amun_retain == "full":
+            steps = fit(model, concat(retain, data), cfg)
+        else:
+            steps = fit(model, data, cfg, retain=retain)
         return {"steps": steps, "adversarial_search_seconds": search, "median_eps": float(eps.median()),
                 "flipped": float((adv_label != edit.y).float().mean())}
