@@ -228,12 +228,6 @@ def _run_erase_and_report(ws, args) -> int:
         print(f"  erased records now: mean loss {f['erased_mean_loss']:.3f}, confidence {f['erased_mean_confidence']:.3f} "
               f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f})")
     a = result["audit"]
-    for s in fast["shards"]:
-        for d in s["details"]:
-            if "budget" in d and "spent" in d:  # certified_removal
-                print(f"  shard {s['shard']}: certified (epsilon {d['epsilon']:g}, delta {d['delta']:g}); bound "
-                      f"{d['bound']:.4g}, spent {d['spent']:.4g} of {d['budget']:.4g}"
-                      + ("; past the budget, so retrained exactly" if d["retrain_triggered"] else ""))
     print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
           + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
           + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}"
