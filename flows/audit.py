@@ -17,8 +17,9 @@ erasure's). ``--lira K`` overrides ``audit.lira_references`` for this audit.
 from __future__ import annotations
 
 import json
-
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 from prefect import flow
 
@@ -57,7 +58,10 @@ def audit_flow(workspace: str = ".", version: str | None = None, reference: str 
         if value == value:
             client.log_metric(mv.run_id, f"audit_rerun_{key}", float(value))
     client.log_metric(mv.run_id, "audit_rerun_seconds", result["seconds"])
-    client.log_artifact(mv.run_id, result["histogram"], "audit")
+    png = Path(result["histogram"])
+    client.log_artifact(mv.run_id, str(png), "audit")
+    shutil.rmtree(png.parent, ignore_errors=True)  # a temporary folder: the histogram now lives in MLflow
+    result["histogram"] = f"MLflow run {mv.run_id}, artifact audit/{png.name}"
     return {"version": str(mv.version), "erased_total": len(erased), **result}
 
 

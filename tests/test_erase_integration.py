@@ -277,10 +277,18 @@ def test_rectifying_a_label_retrains_exactly_with_the_corrected_label(erased, ca
 
 
 
-def test_audit_command_audits_the_production_version_against_all_erased_records(erased, capsys):
+def test_audit_command_audits_the_production_version_against_all_erased_records(erased, capsys, tmp_path,
+                                                                                   monkeypatch):
+    import tempfile
+
     ws = erased["ws"]
+    scratch = tmp_path / "tmp"  # the audit's temporary files go here, and must be gone when it returns
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert cli("audit", "-C", str(ws.root), "--json") == 0
     result = json.loads(capsys.readouterr().out)
+    assert list(scratch.iterdir()) == []
+    assert result["histogram"].startswith("MLflow run ") and result["histogram"].endswith(".png")
     assert result["erased_total"] == 3  # the player's photos…
     assert result["after"]["forget_records"] == 0  # …whose files are gone, so they cannot be scored any more
     assert all(0.0 <= result["after"][k] <= 1.0 for k in ("retain_accuracy", "test_accuracy"))
