@@ -106,8 +106,22 @@ def cmd_init(args) -> int:
     git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore", "ledger/requests.jsonl")
     identity = [] if git(target, "config", "user.email", check=False).stdout.strip() else GIT_IDENTITY
     git(target, *identity, "commit", "--quiet", "-m", "unlearnflow init")
-    print(f"workspace ready: {target}\nnext: cd {target} && unlearnflow train")
+    print(f"workspace ready: {target}" + ("" if getattr(args, "quiet_hint", False)
+                                           else f"\nnext: cd {target} && {invocation()} train"))
     return 0
+
+
+def invocation() -> str:
+    """How to call this CLI again: ``unlearnflow`` when that name on PATH is this program,
+    else the path it was started by (e.g. ``.venv/bin/unlearnflow`` right after setup)."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("unlearnflow")
+    if started is None or started.name != "unlearnflow":
+        return "unlearnflow"
+    if on_path and Path(on_path).resolve() == started.resolve():
+        return "unlearnflow"
+    return str(started.resolve().relative_to(Path.cwd())) if started.resolve().is_relative_to(Path.cwd()) \
+        else str(started.resolve())
 
 
 def cmd_train(args) -> int:
@@ -226,18 +240,19 @@ def _run_erase_and_report(ws, args) -> int:
     f = result["forgotten"]
     if f.get("erased_records"):
         print(f"  erased records now: mean loss {f['erased_mean_loss']:.3f}, confidence {f['erased_mean_confidence']:.3f} "
-              f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f})")
+              f"(holdout: {f['holdout_mean_loss']:.3f}, {f['holdout_mean_confidence']:.3f}){_few(f['erased_records'])}")
     a = result["audit"]
-    print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
-          + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
-          + f", MIA-efficacy {a['after']['mia_efficacy']:.3f}"
+    print(f"  audit: forget-vs-holdout MIA AUC {_auc_text(a['after'])}"
+          + (f", before {a['before']['forget_vs_holdout_mia_auc']:.3f}" if a["before"] else "")
+          + f"; MIA-efficacy {_efficacy_text(a['after'])}"
           + (f", LiRA AUC {a['after']['forget_vs_holdout_lira_auc']:.3f}" if "forget_vs_holdout_lira_auc" in a["after"]
              else "")
           + f", {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}"
           + f"; histogram {a['histogram']}")
     m = result["mlflow"]
     print(f"model version {m['version']} ({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); "
-          f"previous {result['previous_version'] or '-'}; superseded versions purged: {result['superseded_purged']}")
+          f"previous {result['previous_version'] or '-'}; superseded versions purged: "
+          f"{', '.join(f'v{v}' for v in result['superseded_purged']) or 'none'}")
     print(f"certificate {result['certificate']}")
     print(f"compute {result['compute_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
     return 0
@@ -297,6 +312,28 @@ def _fast_path_then_exact(ws, args) -> int:
     return _run_erase_and_report(ws, args)
 
 
+SMALL_SAMPLE = 30  # fewer erased records than this: a figure about them alone says little
+
+
+def _few(n: int) -> str:
+    return f" (n = {n}: too few records to judge)" if n < SMALL_SAMPLE else f" (n = {n})"
+
+
+def _auc_text(report: dict) -> str:
+    """The loss-threshold AUC with its 95% interval and the counts it rests on."""
+    from unlearnflow.audit import auc_interval
+
+    value, n, m = report["forget_vs_holdout_mia_auc"], report["forget_records"], report.get("holdout_records", 0)
+    lo, hi = auc_interval(value, n, m)
+    return (f"{value:.3f} (95% interval {lo:.2f}-{hi:.2f}; {n} erased vs {m} holdout records"
+            + ("; too few erased records to judge)" if n < SMALL_SAMPLE else ")"))
+
+
+def _efficacy_text(report: dict) -> str:
+    n = report["forget_records"]
+    return f"{report['mia_efficacy']:.3f} (of {n} erased record{'s' if n != 1 else ''})"
+
+
 def _print_approximate(fast: dict) -> None:
     print()
     if fast["status"] == "idle":
@@ -313,9 +350,9 @@ def _print_approximate(fast: dict) -> None:
                 print(f"  shard {s['shard']}: certified (epsilon {d['epsilon']:g}, delta {d['delta']:g}); bound "
                       f"{d['bound']:.4g}, spent {d['spent']:.4g} of {d['budget']:.4g}"
                       + ("; past the budget, so retrained exactly" if d["retrain_triggered"] else ""))
-    print(f"  audit: forget-vs-holdout MIA AUC {a['after']['forget_vs_holdout_mia_auc']:.3f}"
-          + (f" (before {a['before']['forget_vs_holdout_mia_auc']:.3f})" if a["before"] else "")
-          + f", test accuracy {a['after']['test_accuracy']:.4f}"
+    print(f"  audit: forget-vs-holdout MIA AUC {_auc_text(a['after'])}"
+          + (f", before {a['before']['forget_vs_holdout_mia_auc']:.3f}" if a["before"] else "")
+          + f"; test accuracy {a['after']['test_accuracy']:.4f}"
           + f", {'passed' if a['passed'] else 'FAILED: ' + '; '.join(a['failed_because'])}")
     print(f"model version {m['version']} guarantee approximate "
           f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}); record {fast['record']}")
@@ -343,7 +380,7 @@ def cmd_demo(args) -> int:
     target = Path(args.workspace)
     if not (target / "params.yaml").exists():
         print(f"demo: creating workspace {target} (mnist5k, S=5 shards x R=4 slices)")
-        if cmd_init(argparse.Namespace(dir=str(target), dataset=None, model=None)) != 0:
+        if cmd_init(argparse.Namespace(dir=str(target), dataset=None, model=None, quiet_hint=True)) != 0:
             return 2
     ws = Workspace(target)
     params = ws.load_params()
@@ -377,12 +414,12 @@ def cmd_demo(args) -> int:
     f = result["forgotten"]
     if f.get("erased_records"):
         print(f"forgotten?   erased records' mean confidence {f['erased_mean_confidence']:.3f} vs "
-              f"{f['holdout_mean_confidence']:.3f} on never-seen holdout records")
+              f"{f['holdout_mean_confidence']:.3f} on never-seen holdout records{_few(f['erased_records'])}")
     a = result["audit"]
-    print(f"audit        membership-inference AUC, erased vs holdout records: "
-          f"{a['after']['forget_vs_holdout_mia_auc']:.3f} (0.5 = looks unseen"
+    print(f"audit        membership-inference AUC, erased vs holdout records (0.5 = looks unseen): "
+          f"{_auc_text(a['after'])}"
           + (f"; {a['before']['forget_vs_holdout_mia_auc']:.3f} before the erasure" if a["before"] else "")
-          + f"); {'passed' if a['passed'] else 'FAILED'}; histogram {Path(a['histogram']).relative_to(ws.root)}")
+          + f"; {'passed' if a['passed'] else 'FAILED'}; histogram {Path(a['histogram']).relative_to(ws.root)}")
     m = result["mlflow"]
     print(f"model        {params.tracking.registered_model} v{m['version']} "
           f"({'production' if m['promoted'] else 'NOT promoted: ' + m['reason']}), test accuracy "
@@ -391,8 +428,8 @@ def cmd_demo(args) -> int:
              else f"kept v{', v'.join(map(str, result['superseded_retained']))} ({params.retention.reason})"
              if result["superseded_retained"] else "no superseded model files purged"))
     print(f"certificate  {Path(result['certificate']).relative_to(ws.root)}; check it with "
-          f"`unlearnflow verify -C {args.workspace} --retrain`")
-    print(f"MLflow UI    `unlearnflow ui -C {args.workspace}`, experiment {params.tracking.experiment}, run "
+          f"`{invocation()} verify -C {args.workspace} --retrain`")
+    print(f"MLflow UI    `{invocation()} ui -C {args.workspace}`, experiment {params.tracking.experiment}, run "
           f"erase-{result['erasure_id']} (run id {m['run_id']})")
     return 0
 
@@ -424,6 +461,8 @@ def cmd_audit(args) -> int:
     if args.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
+    from unlearnflow.audit import ATTACKS
+
     a, r = result["after"], result["reference"] or {}
     ref = f"reference v{result['reference_version']}" if r else ""
     print(f"audit of version {result['version']}" + (f" against {ref}" if r else "") + f" ({result['seconds']:.1f}s"
@@ -433,11 +472,8 @@ def cmd_audit(args) -> int:
             ("  of which still in the source, audited", "forget_records", "{:.0f}"),
             ("forget accuracy", "forget_accuracy", "{:.4f}"),
             ("retain accuracy", "retain_accuracy", "{:.4f}"),
-            ("test accuracy", "test_accuracy", "{:.4f}"),
-            ("MIA AUC, forget vs holdout (0.5 = unseen)", "forget_vs_holdout_mia_auc", "{:.4f}"),
-            ("MIA-efficacy (SVC; higher = more forgotten)", "mia_efficacy", "{:.4f}"),
-            ("LiRA AUC, forget vs holdout", "forget_vs_holdout_lira_auc", "{:.4f}"),
-            ("LiRA TPR at 1% FPR", "forget_vs_holdout_lira_tpr_at_1pct_fpr", "{:.4f}")]
+            ("test accuracy", "test_accuracy", "{:.4f}")]
+    rows += [(label, key, "{:.4f}") for name in ATTACKS.names() for key, label in ATTACKS.get(name).labels.items()]
     print(f"  {'':46s} {'v' + result['version']:>10s}" + (f" {ref:>20s}" if r else ""))
     a = {**a, "erased_total": result["erased_total"]}
     for label, key, fmt in rows:
@@ -516,8 +552,8 @@ def cmd_lineage(args) -> int:
         if t.get("erasure_id"):
             print(f"    erasure {t['erasure_id']}: requests {t.get('erasure_requests', '-')}; "
                   f"unmatched {t.get('erasure_unmatched') or 'none'}")
-            print(f"    retrained shards {h['run_tags'].get('affected_shards', '-')} from slices "
-                  f"{h['run_tags'].get('affected_slices', '-')}; previous version v{h['run_tags'].get('previous_version') or '-'}")
+            print(f"    retrained {h['run_tags'].get('affected_slices', '-')}; "
+                  f"previous version v{h['run_tags'].get('previous_version') or '-'}")
         if t.get("guarantee") == "approximate":
             print(f"    approximation {t.get('approximation_id')}: {t.get('unlearn_method')} on v{t.get('base_version')} "
                   f"for requests {t.get('approximated_requests')}; exact erasure {t.get('exact_erasure')}")
@@ -717,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         if name != "init":
             sp.add_argument("-C", "--workspace", default=workspace, help=f"workspace directory (default: {workspace_help})")
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Prefect's and MLflow's own log lines (off by default: the report is ours)")
         return sp
 
     sp = add("init", "create a new git + DVC workspace with default params.yaml and dvc.yaml", cmd_init)
@@ -801,6 +839,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     quiet_telemetry()
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)  # commands without a workspace have no --verbose
+    if not verbose and args.command != "serve" and "prefect" not in sys.modules:
+        # Prefect and MLflow read their log levels when imported: their INFO lines (flow and task
+        # runs, the temporary server's notice, "Created version '2' of model …") stay out of the
+        # report; our progress lines still show. `serve` keeps them: its runs are watched in
+        # Prefect's UI.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if verbose:
+        os.environ["UNLEARNFLOW_VERBOSE"] = "1"  # tasks.tracking lets MLflow's own prints through
     if args.command in FLOW_COMMANDS and not (args.command in ("forget", "rectify") and args.no_wait):
         print(f"unlearnflow {args.command}: loading torch, Prefect and MLflow …", file=sys.stderr, flush=True)
     from unlearnflow.errors import UnlearnflowError

@@ -83,8 +83,11 @@ def erase_flow(workspace: str = ".", commit: bool = True) -> dict:
     audited = erasure.audit_version(params, root, resolved["erased_records"], eid,
                                     tracking.stored_constituents(ws, previous))
     compute_seconds = time.perf_counter() - t_compute
-    previous_acc = float(previous.tags["ensemble_test_accuracy"]) if previous and \
-        "ensemble_test_accuracy" in previous.tags else None
+    # the gate compares like with like: the version before, scored by this audit on the same records
+    # (its tag, when its files are gone)
+    previous_acc = (audited["before"]["test_accuracy"] if audited["before"] else
+                    float(previous.tags["ensemble_test_accuracy"]) if previous and
+                    "ensemble_test_accuracy" in previous.tags else None)
     audit_ok, audit_reasons = audit_gate(audited["after"], params.audit, previous_acc)
     state = advance(ws, state, "audited")
     mark("audit")

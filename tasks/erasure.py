@@ -240,7 +240,7 @@ def audit_version(params: Params, root: str, erased: list[str], eid: str, previo
     if histogram:
         panels = histogram_panels(titles or (f"after erasure {eid}", "before"), after, audited["outputs_before"])
         png = confidence_histogram(
-            ws.layout.root / "lineage" / "audits" / f"{eid}.png" if not current_files
+            ws.layout.audits / f"{eid}.png" if not current_files
             else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)
     forget, holdout = after["forget"], after["holdout"]
     return {"after": report, "before": report_before, "histogram": str(png) if png else None,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from unlearnflow.layout import Layout
+
 from tasks.workspace import tool_env
 
 GIT_IDENTITY = ["-c", "user.name=unlearnflow", "-c", "user.email=unlearnflow@localhost"]
@@ -151,9 +153,9 @@ def lineage_paths(root: Path) -> list[str]:
             ignore = (root / out["path"]).parent / ".gitignore"
             if ignore.is_file():
                 paths.add(ignore.relative_to(root).as_posix())
-    for extra in ("ledger/requests.jsonl", "lineage/certificates", "lineage/audits", "lineage/approximations"):
-        if (root / extra).exists():
-            paths.add(extra)
+    for extra in Layout(root).git_tracked:
+        if extra.exists():
+            paths.add(extra.relative_to(root.resolve()).as_posix())
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
     for stage in dvc_yaml.get("stages", {}).values():
         for entry in stage.get("metrics", []):

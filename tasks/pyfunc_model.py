@@ -10,17 +10,13 @@ prediction is the argmax of: what an auditor needs for a loss-based membership t
 and what ``unlearnflow audit`` scores (see ``OUTPUTS``).
 """
 
-from __future__ import annotations
 
 import json
-import warnings
 
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
-# Inputs are reshaped and validated in predict(); MLflow's type-hint validation does not apply.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 OUTPUTS = ("classes", "probabilities")  # params={"output": ...}; the signature declares it
@@ -35,7 +31,9 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         self.ensemble = Ensemble.from_files(paths, spec["method"], spec["classes"])
         self.input_shape = tuple(load_constituent(paths[0])[1]["spec"]["input_shape"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None):
+        # np.ndarray: a hint MLflow infers no schema from (the signature is declared at logging),
+        # so it neither validates nor warns; predict() reshapes and checks the input itself
         output = (params or {}).get("output", "classes")
         if output not in OUTPUTS:
             raise ValueError(f"params output = {output!r} is invalid: expected one of {', '.join(OUTPUTS)}")

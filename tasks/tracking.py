@@ -13,6 +13,7 @@ dataset input whose digest is the DVC md5.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.parse
 import warnings
@@ -57,6 +58,10 @@ def client_for(ws: Workspace) -> MlflowClient:
     return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
 
 
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}  # MLflow 3's UI: a model-training experiment, not GenAI
+
+
 def setup(ws: Workspace, experiment: str) -> str:
     if ws.tracking_uri.startswith("sqlite:") and not (ws.root / "mlflow.db").exists():
         import logging
@@ -65,9 +70,11 @@ def setup(ws: Workspace, experiment: str) -> str:
     client_for(ws)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:  # a tracking server picks the artifact location itself (proxied: mlflow-artifacts:/)
-        exp_id = mlflow.create_experiment(experiment, artifact_location=ws.artifact_root)
+        exp_id = mlflow.create_experiment(experiment, artifact_location=ws.artifact_root, tags=EXPERIMENT_TAGS)
     else:
         exp_id = exp.experiment_id
+        if exp.tags.get(KIND_TAG) != EXPERIMENT_TAGS[KIND_TAG]:  # made before the tag was set
+            client_for(ws).set_experiment_tag(exp_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -139,9 +146,16 @@ def _dp_tags(params: Params, shards: list[dict]) -> dict:
 
 
 def _log_ensemble_model(params: Params, artifacts: dict) -> str:
-    """Log the aggregated model as a pyfunc and register it; returns the new version."""
-    with warnings.catch_warnings():  # "add type hints to predict": inputs are validated in predict itself
-        warnings.simplefilter("ignore", UserWarning)
+    """Log the aggregated model as a pyfunc and register it; returns the new version.
+    MLflow's own prints ("Registered model … already exists", "Created version '2' …") are
+    muted unless ``--verbose`` (UNLEARNFLOW_VERBOSE): our report says which version it made.
+    Muted with MLflow's counted switch, so a nested mute inside log_model cannot undo it."""
+    from mlflow.utils.autologging_utils.logging_and_warnings import MlflowEventsAndWarningsBehaviorGlobally
+
+    quiet = MlflowEventsAndWarningsBehaviorGlobally(disable_event_logs=not os.environ.get("UNLEARNFLOW_VERBOSE"),
+                                                    disable_warnings=False, reroute_warnings=False)
+    with quiet, warnings.catch_warnings():  # "no input example": inputs are checked in predict itself
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="ensemble",
             python_model=str(PYFUNC_FILE),
@@ -443,8 +457,10 @@ def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_versi
         "erasure_requests": ",".join(r["request_id"] for r in resolved["requests"]),
         "erasure_unmatched": ",".join(resolved["unmatched"]),
         "affected_shards": ",".join(affected) or "none",
-        "affected_slices": json.dumps({k: v["first_retrained_slice"] for k, v in affected.items()}),
-        "resumed_from": json.dumps({k: v["resumed_from_checkpoint"] for k, v in affected.items()}),
+        "affected_slices": "; ".join(f"shard {k} from slice {v['first_retrained_slice']}"
+                                     for k, v in affected.items()) or "none",
+        "resumed_from": "; ".join(f"shard {k}: {(v['resumed_from_checkpoint'] or 'scratch')[:12]}"
+                                  for k, v in affected.items()) or "none",
         "previous_version": previous_version,
     }
 

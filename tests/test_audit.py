@@ -170,3 +170,56 @@ def test_a_diverged_model_fails_the_gate_instead_of_crashing_the_audit():
     assert report["nonfinite_outputs"] == 20 and report["mia_efficacy"] != report["mia_efficacy"]
     passed, reasons = gate(report, AuditConfig(), previous_test_accuracy=None)
     assert not passed and "not finite for 20 records (diverged)" in reasons[0]
+
+
+@pytest.mark.slow
+def test_an_attack_registered_in_one_module_runs_in_every_audit(prefect_server, tmp_path, capsys):
+    """A toy attack registered here shows up in the erase run's metrics and the certificate."""
+    import json
+
+    from conftest import cli
+    from flows.cli import _demo_subject
+    from flows.train import run_train
+    from tasks.tracking import client_for
+    from test_pipeline_integration import make_workspace
+    from unlearnflow.audit import ATTACKS, Attack, register_attack
+
+    class ForgetConfidence(Attack):
+        name = "toy_forget_confidence"
+        labels = {"toy_forget_confidence": "mean true-class confidence on the forget set (toy)"}
+
+        def audit(self, sets):
+            forget = sets["forget"]
+            return {"toy_forget_confidence": float(forget.confidence.mean()) if len(forget.labels) else float("nan")}
+
+    ws = make_workspace(tmp_path / "ws")
+    run_train(str(ws.root))
+    register_attack(ForgetConfidence)
+    try:
+        assert cli("forget", "-C", str(ws.root), "--subject", _demo_subject(ws, ws.load_params())) == 0
+        assert cli("audit", "-C", str(ws.root)) == 0
+        assert "mean true-class confidence on the forget set (toy)" in capsys.readouterr().out
+    finally:
+        ATTACKS._entries.pop(ForgetConfidence.name)
+    cert = json.loads(sorted((ws.root / "lineage" / "certificates").glob("*.json"))[-1].read_text())
+    value = cert["audit"]["after"]["toy_forget_confidence"]
+    assert 0 < value <= 1
+    client = client_for(ws)
+    prod = client.get_model_version_by_alias("unlearnflow-sisa", "production")
+    metrics = client.get_run(prod.run_id).data.metrics
+    assert metrics["audit_toy_forget_confidence"] == pytest.approx(value)
+    assert "audit_rerun_toy_forget_confidence" in metrics  # the audit command ran it too
+
+
+def test_the_auc_interval_is_wide_for_a_handful_of_records_and_narrow_for_many():
+    from unlearnflow.audit import auc_interval
+
+    lo, hi = auc_interval(0.62, 6, 500)
+    assert lo < 0.45 and hi > 0.8  # six erased records: the AUC alone says little
+    lo, hi = auc_interval(0.62, 2000, 2000)
+    assert 0.6 < lo < 0.62 < hi < 0.64
+    # by hand, AUC 0.8 with 50 and 50: Q1 = 0.8/1.2, Q2 = 1.28/1.8,
+    # SE^2 = (0.16 + 49 (Q1 - 0.64) + 49 (Q2 - 0.64)) / 2500 = 0.0019804, SE = 0.04450
+    lo, hi = auc_interval(0.8, 50, 50)
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(0.04450, abs=1e-5)
+    assert all(v != v for v in auc_interval(0.5, 0, 10))

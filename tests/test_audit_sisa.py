@@ -41,6 +41,7 @@ def splits():
     return split_records(load_pseudonymized(cfg, b""), cfg)
 
 
+@pytest.mark.slow  # trains three SISA ensembles per scenario
 @pytest.mark.parametrize("scenario", ["flipped labels (5%)", "random records (10%)"])
 def test_exact_erasure_looks_unseen_and_like_the_retrained_reference(splits, scenario, tmp_path):
     rng = np.random.default_rng(0)

@@ -1,6 +1,9 @@
-"""What the commands leave behind: `ui` stops every process it started on SIGTERM."""
+"""What a user sees and what the commands leave behind: reports without dict text, ANSI
+codes or Prefect's log lines (unless --verbose), and `ui` stopping every process it
+started on SIGTERM."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,3 +70,48 @@ def test_ui_leaves_no_process_after_sigterm(tmp_path):
             except ProcessLookupError:
                 pass
         ui.kill()
+
+
+DICT_TEXT = re.compile(r"\{'|\{\"|': |\[\'")  # Python dict / list reprs (and JSON objects) in a report
+ANSI = "\x1b["
+THEIR_LINES = re.compile(r"\| INFO +\| (prefect|Flow run|Task run)|Created version '\d+' of model")
+
+
+def _run(root: Path, api: str, *args: str) -> str:
+    env = {**os.environ, "PREFECT_API_URL": api}
+    proc = subprocess.run([str(BIN / "unlearnflow"), *args, "-C", str(root)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def _subjects(ws) -> list[str]:
+    from unlearnflow.datasets import load_dataset
+    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
+    from unlearnflow.stages import load_split
+
+    in_training = set(load_split(ws.layout, "train").subject_ids)
+    return [raw for raw in sorted(set(load_dataset(ws.load_params().data).subject_ids))
+            if pseudonym(SYNTHETIC_KEY, raw) in in_training]
+
+
+@pytest.mark.slow
+def test_reports_hold_no_dict_text_ansi_codes_or_prefect_lines_unless_verbose(prefect_server, tmp_path):
+    from flows.cli import _demo_subject
+    from flows.train import run_train
+    from test_pipeline_integration import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    run_train(str(ws.root))
+    subject = _demo_subject(ws, ws.load_params())
+    outputs = {"forget": _run(ws.root, prefect_server, "forget", "--subject", subject),
+               "lineage": _run(ws.root, prefect_server, "lineage"),
+               "status": _run(ws.root, prefect_server, "status")}
+    for command, text in outputs.items():
+        assert ANSI not in text, (command, text)
+        assert not DICT_TEXT.search(text), (command, DICT_TEXT.search(text).group(0), text)
+        assert not THEIR_LINES.search(text), (command, text)  # Prefect's and MLflow's own log lines
+    assert "too few records to judge" in outputs["forget"]  # one subject: a handful of records
+    second = next(s for s in _subjects(ws) if s != subject)
+    verbose = _run(ws.root, prefect_server, "forget", "--subject", second, "--verbose")
+    assert THEIR_LINES.search(verbose), verbose  # --verbose brings them back

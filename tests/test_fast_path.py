@@ -89,7 +89,7 @@ def test_an_unknown_method_is_refused_before_the_request_is_filed(tmp_path, caps
     ws = make_workspace(tmp_path / "bad")
     assert cli("forget", "-C", str(ws.root), "--subject", "s000", "--method", "magic") == 2
     err = capsys.readouterr().err
-    assert "unlearning method 'magic' is unknown; valid choices: sisa (exact only), amun, finetune" in err
+    assert "unlearning method 'magic' is unknown; valid choices: sisa (exact only), amun, certified_removal, finetune" in err
     assert not (ws.root / "ledger" / "requests.jsonl").exists() or \
         not (ws.root / "ledger" / "requests.jsonl").read_text().strip()
 

@@ -287,3 +287,12 @@ def test_amun_adversarial_examples_stay_valid_images():
     adv, label, eps = nearest_adversarial(model, x[:20], y[:20], steps=10, eps_init=None, doublings=8)
     assert adv.min() >= 0 and adv.max() <= 1
     assert ((adv - x[:20]).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+
+
+def test_the_methods_command_lists_every_registered_method(capsys):
+    from conftest import cli
+
+    assert cli("methods") == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in out for name in ["sisa", *UNLEARNERS.names()]), out
+    assert "certified_removal" in UNLEARNERS.names() and "influence_last_layer" in UNLEARNERS.names()

@@ -10,6 +10,8 @@
     metrics/eval.json                               evaluate   per-shard and ensemble accuracy
     checkpoints/<key>.pt                            (not DVC)  slice checkpoints, by content key
     lineage/certificates/<n>-<erasure>.json         (git)      hash-chained erasure certificates
+    lineage/audits/<erasure>.png                    (git)      each erasure's confidence histogram
+    lineage/approximations/<n>-<id>.json            (git)      one record per fast-path (approximate) version
     .unlearnflow/                                   (ignored)  subject and signing keys, tombstones of erased
                                                                records, the journal, the workspace lock
 """
@@ -86,6 +88,16 @@ class Layout:
     def approximations(self) -> Path:
         """One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json."""
         return self.root / "lineage" / "approximations"
+
+    @property
+    def audits(self) -> Path:
+        """The confidence histogram of each erasure's audit: <erasure id>.png."""
+        return self.root / "lineage" / "audits"
+
+    @property
+    def git_tracked(self) -> list[Path]:
+        """What git versions beside dvc.lock: the ledger and every lineage record."""
+        return [self.ledger, self.certificates, self.audits, self.approximations]
 
     @property
     def private(self) -> Path:

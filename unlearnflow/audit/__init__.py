@@ -15,7 +15,7 @@ imported below; tests/test_audit.py runs every registered attack.
 turns it into a promote / do-not-promote decision.
 """
 
-from unlearnflow.audit._base import ATTACKS, Attack, Outputs, auc, register_attack, tpr_at_fpr
+from unlearnflow.audit._base import ATTACKS, Attack, Outputs, auc, auc_interval, register_attack, tpr_at_fpr
 from unlearnflow.audit import lira, loss_threshold, svc_efficacy  # noqa: F401  (registration)
 
 
@@ -23,4 +23,4 @@ def create_attack(name: str, **kwargs) -> Attack:
     return ATTACKS.get(name)(**kwargs)
 
 
-__all__ = ["ATTACKS", "Attack", "Outputs", "auc", "create_attack", "register_attack", "tpr_at_fpr"]
+__all__ = ["ATTACKS", "Attack", "Outputs", "auc", "auc_interval", "create_attack", "register_attack", "tpr_at_fpr"]

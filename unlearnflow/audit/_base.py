@@ -46,9 +46,19 @@ class Outputs:
 
 
 class Attack:
+    """One membership-inference attack. ``score`` runs it on any members / non-members;
+    ``audit`` is what every audit runs (``report.audit`` loops over the registry): the attack
+    on the audit's record sets (forget, retain, test, holdout), its figures named as reports,
+    MLflow (``audit_<key>``) and certificates show them, ``labels`` saying what each means."""
+
     name: str = ""
+    needs_references: bool = False  # built with the LiRA reference models; skipped when there are none
+    labels: dict[str, str] = {}
 
     def score(self, members: Outputs, non_members: Outputs, target: Outputs | None = None) -> dict:
+        raise NotImplementedError
+
+    def audit(self, sets: dict[str, Outputs]) -> dict[str, float]:
         raise NotImplementedError
 
 
@@ -78,6 +88,19 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(x))
     ranks[order] = np.repeat((edges[:-1] + edges[1:] + 1) / 2, np.diff(edges))
     return ranks
+
+
+def auc_interval(value: float, members: int, non_members: int, z: float = 1.96) -> tuple[float, float]:
+    """A 95% interval for an AUC from ``members`` and ``non_members`` records (Hanley and
+    McNeil, 1982: the AUC's standard error from its value and the two counts), clipped to
+    [0, 1]. With a handful of forget records it is wide: the AUC alone says little."""
+    if not members or not non_members or value != value:
+        return float("nan"), float("nan")
+    q1, q2 = value / (2 - value), 2 * value ** 2 / (1 + value)
+    var = (value * (1 - value) + (members - 1) * (q1 - value ** 2) + (non_members - 1) * (q2 - value ** 2)) \
+        / (members * non_members)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return max(0.0, value - half), min(1.0, value + half)
 
 
 def tpr_at_fpr(member_scores: np.ndarray, non_member_scores: np.ndarray, fpr: float = 0.01) -> float:

@@ -79,6 +79,9 @@ def membership_plan(n: int, k: int, seed: int) -> np.ndarray:
 @register_attack
 class LiRA(Attack):
     name = "lira"
+    needs_references = True
+    labels = {"forget_vs_holdout_lira_auc": "LiRA AUC, forget vs holdout",
+              "forget_vs_holdout_lira_tpr_at_1pct_fpr": "LiRA TPR at 1% FPR"}
 
     def __init__(self, references: References):
         self.references = references
@@ -99,6 +102,13 @@ class LiRA(Attack):
     def score(self, members: Outputs, non_members: Outputs, target: Outputs | None = None) -> dict:
         sm, sn = self.scores(members), self.scores(non_members)
         return {"auc": auc(sm, sn), "tpr_at_1pct_fpr": tpr_at_fpr(sm, sn, 0.01)}
+
+    def audit(self, sets: dict[str, Outputs]) -> dict[str, float]:
+        if not len(sets["forget"].labels):
+            return {}
+        result = self.score(sets["forget"], sets["holdout"])
+        return {"forget_vs_holdout_lira_auc": result["auc"],
+                "forget_vs_holdout_lira_tpr_at_1pct_fpr": result["tpr_at_1pct_fpr"]}
 
 
 def train_references(pool: RecordSet, k: int, partition_cfg: PartitionConfig, train_cfg: TrainConfig,

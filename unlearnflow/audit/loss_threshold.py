@@ -7,6 +7,11 @@ from unlearnflow.audit._base import Attack, Outputs, auc, register_attack
 @register_attack
 class LossThreshold(Attack):
     name = "loss_threshold"
+    labels = {"forget_vs_holdout_mia_auc": "MIA AUC, forget vs holdout (0.5 = unseen)"}
 
     def score(self, members: Outputs, non_members: Outputs, target: Outputs | None = None) -> dict:
         return {"auc": auc(-members.loss, -non_members.loss)}
+
+    def audit(self, sets: dict[str, Outputs]) -> dict[str, float]:
+        forget, holdout = sets["forget"], sets["holdout"]
+        return {"forget_vs_holdout_mia_auc": self.score(forget, holdout)["auc"] if len(forget.labels) else float("nan")}

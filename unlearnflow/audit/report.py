@@ -11,36 +11,36 @@ from pathlib import Path
 
 import numpy as np
 
+from unlearnflow.audit import ATTACKS
 from unlearnflow.audit._base import Outputs
-from unlearnflow.audit.lira import LiRA, References
-from unlearnflow.audit.loss_threshold import LossThreshold
-from unlearnflow.audit.svc_efficacy import SVCEfficacy
+from unlearnflow.audit.lira import References
 from unlearnflow.config import AuditConfig
 
 
 def audit(forget: Outputs, retain: Outputs, test: Outputs, holdout: Outputs,
           references: References | None = None) -> dict:
-    """Numbers for a model and a forget set (NaN where the forget set is empty). With
-    ``references`` (LiRA reference models), also the LiRA attack, forget vs holdout."""
-    nonfinite = sum(int((~np.isfinite(o.probs)).any(axis=1).sum()) for o in (forget, retain, test, holdout))
-    if nonfinite:  # a diverged model (e.g. too large an unlearning rate): accuracies only
-        return {"forget_accuracy": forget.accuracy(), "retain_accuracy": retain.accuracy(),
-                "test_accuracy": test.accuracy(), "forget_records": int(len(forget.labels)),
-                "forget_vs_holdout_mia_auc": float("nan"), "mia_efficacy": float("nan"),
-                "nonfinite_outputs": nonfinite}
+    """Numbers for a model and a forget set (NaN where the forget set is empty): the
+    accuracies, then every registered attack's figures (``Attack.audit``); those that need
+    LiRA reference models only with ``references``."""
     report = {
         "forget_accuracy": forget.accuracy(),
         "retain_accuracy": retain.accuracy(),
         "test_accuracy": test.accuracy(),
         "forget_records": int(len(forget.labels)),
+        "holdout_records": int(len(holdout.labels)),
     }
-    report["forget_vs_holdout_mia_auc"] = (LossThreshold().score(forget, holdout)["auc"]
-                                           if len(forget.labels) else float("nan"))
-    report["mia_efficacy"] = SVCEfficacy().score(retain, test, forget)["efficacy"]
-    if references is not None and len(forget.labels):
-        lira = LiRA(references).score(forget, holdout)
-        report["forget_vs_holdout_lira_auc"] = lira["auc"]
-        report["forget_vs_holdout_lira_tpr_at_1pct_fpr"] = lira["tpr_at_1pct_fpr"]
+    sets = {"forget": forget, "retain": retain, "test": test, "holdout": holdout}
+    nonfinite = sum(int((~np.isfinite(o.probs)).any(axis=1).sum()) for o in sets.values())
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        if nonfinite:  # a diverged model (e.g. too large an unlearning rate): accuracies only
+            report.update({key: float("nan") for key in cls.labels if not cls.needs_references})
+        elif not cls.needs_references:
+            report.update(cls().audit(sets))
+        elif references is not None:
+            report.update(cls(references).audit(sets))
+    if nonfinite:
+        report["nonfinite_outputs"] = nonfinite
     return report
 
 

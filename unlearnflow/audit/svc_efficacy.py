@@ -14,6 +14,7 @@ from unlearnflow.audit._base import Attack, Outputs, register_attack
 @register_attack
 class SVCEfficacy(Attack):
     name = "svc_efficacy"
+    labels = {"mia_efficacy": "MIA-efficacy (SVC; higher = more forgotten)"}
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -32,3 +33,6 @@ class SVCEfficacy(Attack):
         clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
         pred = clf.predict(target.confidence[:, None])
         return {"efficacy": float((pred == 0).mean())}
+
+    def audit(self, sets: dict[str, Outputs]) -> dict[str, float]:
+        return {"mia_efficacy": self.score(sets["retain"], sets["test"], sets["forget"])["efficacy"]}
