@@ -386,7 +386,7 @@ def cmd_demo(args) -> int:
     params = ws.load_params()
     untrained = production_version(ws, params.tracking.registered_model) is None
     if untrained or (not ws.pending_requests() and not lineage.dvc_status_clean(ws.root)[0]):
-        print("demo: training the SISA ensemble first (about a minute)")
+        print("demo: training the SISA ensemble first (about 35 s on 2 cores)")
         run_train(str(ws.root))
     subject = args.subject
     if subject is None:
