@@ -141,4 +141,7 @@ def run_approximate(workspace: str = ".", method: str | None = None, commit: boo
         if chosen not in UNLEARNERS:
             raise UnlearnflowError(f"unlearning method {chosen!r} is not an approximate method; valid choices: "
                                    f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
+        why = UNLEARNERS.get(chosen).refuses(params.train)  # e.g. the served flow with a mismatched unlearn.method
+        if why:
+            raise UnlearnflowError(f"unlearning method {chosen!r} cannot update this workspace's models: {why}")
         return approximate_flow(workspace=str(ws.root), method=method, commit=commit)

@@ -156,7 +156,7 @@ def _file_request(args, kind: str):
     ws = Workspace(args.workspace)
     ws.check()
     params = ws.load_params()
-    _check_method(args.method or params.unlearn.method)  # before anything is filed
+    _check_method(args.method or params.unlearn.method, params.train)  # before anything is filed
     for flag in ("subject", "record", "file"):
         for value in getattr(args, flag, None) or ():
             if not value.strip():
@@ -277,12 +277,19 @@ def cmd_rectify(args) -> int:
     return _fast_path_then_exact(ws, args)
 
 
-def _check_method(method: str) -> None:
+def _check_method(method: str, train) -> None:
+    """An unknown method, or one that cannot update this workspace's models, fails here:
+    before a request is filed or any flow starts."""
     from unlearnflow.unlearning import UNLEARNERS
 
-    if method != "sisa" and method not in UNLEARNERS:
+    if method == "sisa":
+        return
+    if method not in UNLEARNERS:
         raise ConfigError(f"unlearning method {method!r} is unknown; valid choices: sisa (exact only), "
                           f"{', '.join(UNLEARNERS.names())}")
+    why = UNLEARNERS.get(method).refuses(train)
+    if why:
+        raise ConfigError(f"unlearning method {method!r} cannot update this workspace's models: {why}")
 
 
 def _fast_path_then_exact(ws, args) -> int:
@@ -363,7 +370,8 @@ def cmd_erase(args) -> int:
 
     ws = Workspace(args.workspace)
     ws.check()
-    _check_method(args.method or ws.load_params().unlearn.method)
+    params = ws.load_params()
+    _check_method(args.method or params.unlearn.method, params.train)
     return _fast_path_then_exact(ws, args)
 
 

@@ -92,6 +92,13 @@ def test_an_unknown_method_is_refused_before_the_request_is_filed(tmp_path, caps
     assert "unlearning method 'magic' is unknown; valid choices: sisa (exact only), amun, certified_removal, finetune" in err
     assert not (ws.root / "ledger" / "requests.jsonl").exists() or \
         not (ws.root / "ledger" / "requests.jsonl").read_text().strip()
+    # a method the workspace's models cannot take (an mlp here): refused the same way, not after filing
+    assert cli("forget", "-C", str(ws.root), "--subject", "s000", "--method", "certified_removal") == 2
+    err = capsys.readouterr().err
+    assert "unlearning method 'certified_removal' cannot update this workspace's models: it needs a logreg " \
+           "constituent trained with train.certified" in err and "Traceback" not in err
+    assert not (ws.root / "ledger" / "requests.jsonl").exists() or \
+        not (ws.root / "ledger" / "requests.jsonl").read_text().strip()
 
 
 def _subjects_in_training(ws, params, count: int) -> list[str]:

@@ -296,3 +296,20 @@ def test_the_methods_command_lists_every_registered_method(capsys):
     out = capsys.readouterr().out
     assert all(f"\n{name} " in out for name in ["sisa", *UNLEARNERS.names()]), out
     assert "certified_removal" in UNLEARNERS.names() and "influence_last_layer" in UNLEARNERS.names()
+
+
+def test_methods_for_one_kind_of_model_refuse_other_configs_by_name():
+    from unlearnflow.config import CertifiedConfig, TrainConfig
+
+    cr, last = UNLEARNERS.get("certified_removal"), UNLEARNERS.get("influence_last_layer")
+    assert "train.certified" in cr.refuses(TrainConfig(model="cnn"))
+    assert cr.refuses(TrainConfig(model="logreg", certified=CertifiedConfig())) is None
+    assert "cnn or mlp" in last.refuses(TrainConfig(model="resnet18"))
+    assert last.refuses(TrainConfig(model="cnn")) is None and last.refuses(TrainConfig(model="mlp")) is None
+    assert all(UNLEARNERS.get(n).refuses(TrainConfig(model="resnet18")) is None
+               for n in UNLEARNERS.names() if n not in ("certified_removal", "influence_last_layer"))
+    # the config check and the model check agree on the models the pipeline builds
+    from unlearnflow.models import create_model
+    for name in ("cnn", "mlp", "resnet18", "logreg"):
+        model = create_model(name, (1, 8, 8) if name == "mlp" else (3, 32, 32), 4, seed=0)
+        assert (last.refuses(TrainConfig(model=name)) is None) == (last().accepts(model) is None), name

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearnflow._registry import Registry
-from unlearnflow.config import UnlearnConfig
+from unlearnflow.config import TrainConfig, UnlearnConfig
 
 
 @dataclass
@@ -86,6 +86,12 @@ class Unlearner:
 
     def accepts(self, model: nn.Module) -> str | None:
         """None if this method can update ``model``, else why not (most methods take any model)."""
+        return None
+
+    @classmethod
+    def refuses(cls, train: TrainConfig) -> str | None:
+        """Why models trained with ``train`` are not ones ``accepts`` takes, or None: checked
+        before a request is filed, where only the config is at hand."""
         return None
 
     def update(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> dict | None:

@@ -26,11 +26,15 @@ class CertifiedRemoval(Unlearner):
     needs_retain = True  # the Newton step's Hessian is over the remaining records
     summary = "Guo et al.: Newton step on a train.certified logreg, (eps, delta) bound checked; retrains past it"
 
+    NEEDS = "it needs a logreg constituent trained with train.certified (train.model: logreg, " \
+            "train.certified: {lam, sigma, epsilon, delta})"
+
     def accepts(self, model) -> str | None:
-        if getattr(model, "certified_config", lambda: None)() is None:
-            return "it needs a logreg constituent trained with train.certified (train.model: logreg, " \
-                   "train.certified: {lam, sigma, epsilon, delta})"
-        return None
+        return self.NEEDS if getattr(model, "certified_config", lambda: None)() is None else None
+
+    @classmethod
+    def refuses(cls, train) -> str | None:
+        return cls.NEEDS if train.certified is None else None
 
     def update(self, model, edit, retain, cfg):
         ccfg, classes = model.certified_config(), model.linear.out_features

@@ -57,10 +57,14 @@ class InfluenceLastLayer(Unlearner):
     needs_retain = True
     summary = "Warnecke et al.'s second-order step on the last linear layer, exact Hessian"
 
+    NEEDS = "it needs a model whose last module is an nn.Linear (train.model cnn or mlp)"
+
     def accepts(self, model) -> str | None:
-        if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
-            return None
-        return "it needs a model whose last module is an nn.Linear (train.model cnn or mlp)"
+        return None if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear) else self.NEEDS
+
+    @classmethod
+    def refuses(cls, train) -> str | None:
+        return None if train.model in ("cnn", "mlp") else cls.NEEDS
 
     def update(self, model, edit, retain, cfg):
         model.eval()
