@@ -37,7 +37,7 @@ from tasks.workspace import Workspace
 from unlearnflow.audit.report import gate as audit_gate
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json
-from unlearnflow.unlearning import UNLEARNERS
+from unlearnflow.unlearning import check_method
 
 
 @flow(name="unlearnflow-approximate")
@@ -137,11 +137,5 @@ def run_approximate(workspace: str = ".", method: str | None = None, commit: boo
     from flows.guard import writing
 
     with writing(workspace, "unlearnflow fast path") as (ws, params):
-        chosen = method or params.unlearn.method
-        if chosen not in UNLEARNERS:
-            raise UnlearnflowError(f"unlearning method {chosen!r} is not an approximate method; valid choices: "
-                                   f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
-        why = UNLEARNERS.get(chosen).refuses(params.train)  # e.g. the served flow with a mismatched unlearn.method
-        if why:
-            raise UnlearnflowError(f"unlearning method {chosen!r} cannot update this workspace's models: {why}")
+        check_method(method or params.unlearn.method, params.train, exact_allowed=False)
         return approximate_flow(workspace=str(ws.root), method=method, commit=commit)

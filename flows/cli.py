@@ -118,10 +118,10 @@ def invocation() -> str:
     on_path = shutil.which("unlearnflow")
     if started is None or started.name != "unlearnflow":
         return "unlearnflow"
-    if on_path and Path(on_path).resolve() == started.resolve():
+    path = started.resolve()
+    if on_path and Path(on_path).resolve() == path:
         return "unlearnflow"
-    return str(started.resolve().relative_to(Path.cwd())) if started.resolve().is_relative_to(Path.cwd()) \
-        else str(started.resolve())
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def cmd_train(args) -> int:
@@ -156,7 +156,9 @@ def _file_request(args, kind: str):
     ws = Workspace(args.workspace)
     ws.check()
     params = ws.load_params()
-    _check_method(args.method or params.unlearn.method, params.train)  # before anything is filed
+    from unlearnflow.unlearning import check_method
+
+    check_method(args.method or params.unlearn.method, params.train)  # before anything is filed
     for flag in ("subject", "record", "file"):
         for value in getattr(args, flag, None) or ():
             if not value.strip():
@@ -277,21 +279,6 @@ def cmd_rectify(args) -> int:
     return _fast_path_then_exact(ws, args)
 
 
-def _check_method(method: str, train) -> None:
-    """An unknown method, or one that cannot update this workspace's models, fails here:
-    before a request is filed or any flow starts."""
-    from unlearnflow.unlearning import UNLEARNERS
-
-    if method == "sisa":
-        return
-    if method not in UNLEARNERS:
-        raise ConfigError(f"unlearning method {method!r} is unknown; valid choices: sisa (exact only), "
-                          f"{', '.join(UNLEARNERS.names())}")
-    why = UNLEARNERS.get(method).refuses(train)
-    if why:
-        raise ConfigError(f"unlearning method {method!r} cannot update this workspace's models: {why}")
-
-
 def _fast_path_then_exact(ws, args) -> int:
     """With an approximate method (--method or unlearn.method): serve its version first,
     then (unless --exact later) run the exact erasure that supersedes it."""
@@ -371,7 +358,9 @@ def cmd_erase(args) -> int:
     ws = Workspace(args.workspace)
     ws.check()
     params = ws.load_params()
-    _check_method(args.method or params.unlearn.method, params.train)
+    from unlearnflow.unlearning import check_method
+
+    check_method(args.method or params.unlearn.method, params.train)
     return _fast_path_then_exact(ws, args)
 
 
@@ -850,9 +839,9 @@ def main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)  # commands without a workspace have no --verbose
     if not verbose and args.command != "serve" and "prefect" not in sys.modules:
         # Prefect and MLflow read their log levels when imported: their INFO lines (flow and task
-        # runs, the temporary server's notice, "Created version '2' of model …") stay out of the
-        # report; our progress lines still show. `serve` keeps them: its runs are watched in
-        # Prefect's UI.
+        # runs, the temporary server's notice) stay out of the report; our progress lines still
+        # show. MLflow's registration prints are muted where they happen (tasks.tracking). `serve`
+        # keeps them all: its runs are watched in Prefect's UI.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if verbose:

@@ -10,13 +10,11 @@ prediction is the argmax of: what an auditor needs for a loss-based membership t
 and what ``unlearnflow audit`` scores (see ``OUTPUTS``).
 """
 
-
 import json
 
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
-
 
 
 OUTPUTS = ("classes", "probabilities")  # params={"output": ...}; the signature declares it

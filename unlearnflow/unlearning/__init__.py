@@ -20,6 +20,8 @@ module with an ``Unlearner`` subclass decorated ``@register_unlearner``, importe
 tests/test_unlearning.py runs every registered method.
 """
 
+from unlearnflow.config import TrainConfig
+from unlearnflow.errors import ConfigError
 from unlearnflow.unlearning._base import UNLEARNERS, Data, Edit, Unlearner, UnlearnResult, register_unlearner
 from unlearnflow.unlearning import (  # noqa: F401  (registration)
     amun, certified_removal, finetune, gradient_ascent, influence, influence_last_layer, random_label, retrain,
@@ -30,4 +32,21 @@ def create_unlearner(name: str) -> Unlearner:
     return UNLEARNERS.get(name)()
 
 
-__all__ = ["UNLEARNERS", "Data", "Edit", "Unlearner", "UnlearnResult", "create_unlearner", "register_unlearner"]
+def check_method(name: str, train: TrainConfig, exact_allowed: bool = True) -> None:
+    """Refuse, before a request is filed or a flow starts, a method that is unknown or cannot
+    update models trained with ``train`` (``Unlearner.refuses``). ``exact_allowed``: whether
+    'sisa', the exact erasure alone, is a valid choice (not for the fast path itself)."""
+    if name == "sisa" and exact_allowed:
+        return
+    if name not in UNLEARNERS:
+        raise ConfigError(f"unlearning method {name!r} is unknown; valid choices: sisa (exact only), "
+                          f"{', '.join(UNLEARNERS.names())}" if exact_allowed else
+                          f"unlearning method {name!r} is not an approximate method; valid choices: "
+                          f"{', '.join(UNLEARNERS.names())} (or 'sisa': the exact erase flow alone)")
+    why = UNLEARNERS.get(name).refuses(train)
+    if why:
+        raise ConfigError(f"unlearning method {name!r} cannot update this workspace's models: {why}")
+
+
+__all__ = ["UNLEARNERS", "Data", "Edit", "Unlearner", "UnlearnResult", "check_method", "create_unlearner",
+           "register_unlearner"]
