@@ -80,4 +80,3 @@ def approximate_constituent(path, manifest: ShardManifest, images, erased: set[s
     spec = ModelSpec.from_json(meta["spec"])
     weights = {k: v.cpu() for k, v in model.state_dict().items()} if device.type != "cpu" else model.state_dict()
     return constituent_bytes(spec, weights, meta["slice_keys"], manifest.shard), results
-
