@@ -25,7 +25,6 @@ Writes bench/results/audit[_RECIPE].{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import tempfile
@@ -41,19 +40,14 @@ from unlearnflow.audit.lira import LiRA, train_references
 from unlearnflow.audit.report import audit, avg_gap
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, PartitionConfig, TrainConfig
-from unlearnflow.erasure import apply_requests, load_pseudonymized
+from unlearnflow.erasure import apply_requests, load_pseudonymized, mislabel
 from unlearnflow.records import RecordSet, split_records
 from unlearnflow.sisa import train_ensemble
 
+from record import save_json, save_md  # bench/record.py
+
 RECIPES = {"default": {}, "memorising": {"epochs": 60, "augment": False}}
 METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_vs_holdout_mia_auc", "mia_efficacy")
-
-
-def flip(records: RecordSet, index, rng) -> RecordSet:
-    """The same records with the labels at ``index`` changed to another class at random."""
-    k = len(records.classes)
-    return apply_requests(records, set(), {records.record_ids[i]: int((records.labels[i] + rng.integers(1, k)) % k)
-                                           for i in index})
 
 
 def outputs(ensemble, rs: RecordSet) -> Outputs:
@@ -92,8 +86,8 @@ def main() -> None:
     flipped_at = rng.choice(len(train), len(train) // 20, replace=False)
     scenarios = {
         "random 10%": (train, rng.choice(len(train), len(train) // 10, replace=False), holdout),
-        "flipped labels 5%": (flip(train, flipped_at, rng), flipped_at,
-                              flip(holdout, range(len(holdout)), rng)),
+        "flipped labels 5%": (mislabel(train, flipped_at, rng), flipped_at,
+                              mislabel(holdout, range(len(holdout)), rng)),
         "one subject": (train, [i for i, s in enumerate(train.subject_ids) if s == victim], holdout),
     }
 
@@ -159,7 +153,7 @@ def write(out: Path, args, results: dict, wall: float, n_train: int, tcfg: Train
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu_count": mp.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "recipe": args.recipe, "train": tcfg.__dict__, "wall_seconds": round(wall, 1)}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    save_json(out, {"meta": meta, "results": results})
 
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [f"# Privacy audit on mnist5k: original vs exact SISA erasure ({args.recipe} recipe)", "",
@@ -196,8 +190,7 @@ def write(out: Path, args, results: dict, wall: float, n_train: int, tcfg: Train
             f = lira["noise_floor"]
             lines.append(f"| **noise floor** (retrains) | {pct(f['auc'])} | {pct(f['tpr_at_1pct_fpr'])} | |")
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    save_md(out, lines)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 

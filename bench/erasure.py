@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import save_json, save_md  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -102,13 +104,17 @@ def with_prefect_server(bench, args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "erasure"))
-    args = ap.parse_args()
+def subject_args(doc: str, name: str) -> argparse.Namespace:
+    """The command line of a benchmark that erases random subjects one by one."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=5, help="how many subjects to erase")
+    ap.add_argument("--seed", type=int, default=0, help="which subjects (random, by this seed)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / name))
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = subject_args(__doc__, "erasure")
     write(with_prefect_server(bench, args), args)
 
 
@@ -171,7 +177,7 @@ def bench(tmp: Path, env: dict, args) -> dict:
 def write(res: dict, args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    save_json(out, res)
     e = res["erasures"]
     med = lambda key: statistics.median(x[key] for x in e)  # noqa: E731
     mean = lambda key: statistics.mean(x[key] for x in e)  # noqa: E731
@@ -211,8 +217,7 @@ def write(res: dict, args) -> None:
         f"Median end-to-end erasure {med('end_to_end_s'):.1f}s vs monolithic retrain command {mono['command_s']:.1f}s; "
         f"median orchestration {med('orchestration_s'):.1f}s per erasure.",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_md(out, lines)
 
 
 if __name__ == "__main__":

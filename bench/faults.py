@@ -41,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.erasure import BIN, init_workspace, run, with_prefect_server  # noqa: E402
 
+from record import save_json, save_md  # noqa: E402
+
 COLUMNS = ("acknowledged_lost", "wrong_certificates", "double_applications", "manual_interventions",
            "verify_failures")
 
@@ -189,7 +191,7 @@ def write(result: dict, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {**result, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cores": os.cpu_count(),
               "machine": platform.machine(), "seed": args.seed}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
     rows = result["trials"]
     lines = [f"# Erasure under faults ({result['date']}, {result['cores']} cores, `bench/faults.py --seed {args.seed}`)",
              "", f"Demo workspace (mnist5k, S=5, R=4), a running Prefect server. One uninterrupted "
@@ -214,8 +216,7 @@ def write(result: dict, args) -> None:
         lines.append(f"| {r['trial']} | {r['kind']} | {r.get('kill_at_s', '-')} | {r.get('killed', '-')} | "
                      f"{r.get('journal_step', '-')} | {r['acknowledged']} | " + " | ".join(str(r[c]) for c in COLUMNS)
                      + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:10]))
+    save_md(out, lines)
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import save_json, save_md  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HOG = "while True:\n    pass\n"
@@ -80,7 +82,7 @@ def main() -> None:
               "machine": platform.machine(), "runs": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
     ok = sum(r["success"] for r in rows)
     lines = [f"# First run on a fresh machine ({result['date']}, {result['cores']} cores, `bench/first_run.py`)", "",
              f"`unlearnflow init` + `unlearnflow train` (mnist5k, S=5, R=4), each with a fresh workspace and a "
@@ -92,8 +94,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['run']} | {'yes' if r['cores_busy'] else 'no'} | {'yes' if r['success'] else 'NO'} | "
                      f"{r['first_line_s']} | {r['prefect_ready_s']} | {r['total_s']} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_md(out, lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from erasure import BIN, init_workspace, prefect_server  # noqa: E402
+from record import git_commit, save_json, save_md  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,17 +61,10 @@ def du_mb(path: Path, sub: str = "") -> float:
 
 def training_subject(ws: Path, seed: int) -> str:
     """A raw synthetic subject id that owns training records."""
-    from unlearnflow.config import DataConfig
-    from unlearnflow.datasets import load_dataset
-    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.layout import Layout
-    from unlearnflow.stages import load_split
+    from tasks.workspace import Workspace
 
-    params = json.loads(json.dumps(__import__("yaml").safe_load((ws / "params.yaml").read_text())))
-    train = set(load_split(Layout(ws), "train").subject_ids)
-    cfg = DataConfig(**params["data"])
-    raw = sorted({s for s in load_dataset(cfg).subject_ids if pseudonym(SYNTHETIC_KEY, s) in train})
-    return random.Random(seed).choice(raw)
+    workspace = Workspace(ws)
+    return random.Random(seed).choice(workspace.training_subjects(workspace.load_params()))
 
 
 def one(tmp: Path, env: dict, n: int, s: int, args) -> dict:
@@ -132,19 +126,14 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def write(rows: list[dict], args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "cores": os.cpu_count(),
+    meta = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "cores": os.cpu_count(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU",
             "epochs": args.epochs, "seed": args.seed}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    save_json(out, {"meta": meta, "rows": rows})
     lines = [
         "# Scale: synthetic:N, the default CNN, R=4, CPU",
         "",
@@ -168,7 +157,7 @@ def write(rows: list[dict], args) -> None:
             f"{r['erasure_overhead_s']:.1f} | {r['forget_peak_rss_mb']} | "
             f"{d['workspace']} ({d['data']} / {d['checkpoints']} / {d['dvc_cache']}) |")
     lines += ["", *targets(rows)]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_md(out, lines)
 
 
 def targets(rows: list[dict]) -> list[str]:

@@ -21,7 +21,6 @@ Writes bench/results/sisa_accuracy.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import time
@@ -38,6 +37,8 @@ from unlearnflow.models import create_model
 from unlearnflow.partition import partition
 from unlearnflow.records import RecordSet, split_records
 from unlearnflow.training import ModelSpec, predict_proba, train_constituent
+
+from record import save_json, save_md  # bench/record.py
 
 RECIPES = {
     # name: (TrainConfig overrides, slices R for the SISA rows)
@@ -146,7 +147,7 @@ def write(results, args, wall, n_train, n_test) -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": mp.cpu_count(),
             "train_records": n_train, "eval_records": n_test, "wall_seconds": round(wall, 1), "seeds": args.seeds}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    save_json(out, {"meta": meta, "results": results})
 
     def mean(rows, key):
         return float(np.mean([r[key] for r in rows]))
@@ -176,8 +177,7 @@ def write(results, args, wall, n_train, n_test) -> None:
                 f"{100 * mean(rows, 'majority_vote'):.1f}% | {100 * mean(rows, 'single_mean'):.1f}% | {gap} | "
                 f"{mean(rows, 'train_seconds'):.1f}s | {mean(rows, 'max_shard_seconds'):.1f}s |"
             )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_md(out, lines)
     print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 

@@ -14,7 +14,6 @@ For each setup: a fresh workspace, `unlearnflow train`, then N times
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -27,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from erasure import free_port, init_workspace, run  # noqa: E402
+from erasure import free_port, init_workspace, run, subject_args  # noqa: E402
+from record import git_commit, save_json, save_md  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,24 +36,15 @@ QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFL
 FLOW_STEPS = ("resolve", "purge", "dvc_git", "mlflow", "certificate", "promote")  # the erase flow's non-compute steps
 
 
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def erasures(tmp: Path, env: dict, n: int, seed: int) -> dict:
     ws = tmp / "ws"
     init_workspace(ws, env)
     t_train, _ = run(["train", "-C", str(ws)], env, tmp)
     print(f"  train: {t_train:.1f}s", flush=True)
-    from unlearnflow.config import DataConfig
-    from unlearnflow.datasets import load_dataset
-    from unlearnflow.layout import Layout
-    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.stages import load_split
+    from tasks.workspace import Workspace
 
-    in_train = set(load_split(Layout(ws), "train").subject_ids)
-    raw = sorted({s for s in load_dataset(DataConfig()).subject_ids if pseudonym(SYNTHETIC_KEY, s) in in_train})
+    workspace = Workspace(ws)
+    raw = workspace.training_subjects(workspace.load_params())
     rows = []
     for subject in random.Random(seed).sample(raw, n):
         e2e, proc = run(["forget", "-C", str(ws), "--subject", subject, "--json"], env, tmp)
@@ -97,11 +88,7 @@ def stack_setup(tmp: Path, n: int, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "stack"))
-    args = ap.parse_args()
+    args = subject_args(__doc__, "stack")
     res = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "setups": {}}
     for name, setup in (("temporary server (default)", default_setup), ("running stack", stack_setup)):
         print(f"{name}:", flush=True)
@@ -116,7 +103,7 @@ def main() -> None:
 def write(res: dict, args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    save_json(out, res)
     lines = [
         "# Orchestration per one-subject erasure: temporary server (default) vs running stack",
         "",
@@ -143,8 +130,7 @@ def write(res: dict, args) -> None:
         lines += ["", f"`deploy/stack.sh up` took {stack['stack_up_s']:.1f}s (fresh databases); "
                       f"`unlearnflow train` {stack['train_s']:.1f}s on the stack vs "
                       f"{res['setups']['temporary server (default)']['train_s']:.1f}s by default."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_md(out, lines)
 
 
 if __name__ == "__main__":

@@ -23,25 +23,23 @@ files are purged like every superseded version's).
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from prefect import flow
 
-from tasks import approximate, erasure, lineage as lineage_mod, tracking
+from tasks import approximate, audit, registry, tracking
 from tasks.erasure import advance
-from flows.erase import nan_to_none
 from tasks.workspace import Workspace
-from unlearnflow.audit.report import gate as audit_gate
+from unlearnflow.config import Params
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json
 from unlearnflow.unlearning import check_method
 
 
-@flow(name="unlearnflow-approximate")
-def approximate_flow(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
+@flow(name="unlearnflow-approximate", validate_parameters=False)
+def approximate_flow(workspace: str = ".", method: str | None = None, commit: bool = True,
+                     params: Params | None = None) -> dict:
     t0 = time.perf_counter()
     clock = {}  # phase -> seconds since the flow started
 
@@ -50,12 +48,12 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
 
     ws = Workspace(workspace)
     root = str(ws.root)
-    params = ws.load_params()
+    params = params or ws.load_params()
     if method:
         params = replace(params, unlearn=replace(params.unlearn, method=method))
     name = params.tracking.registered_model
-    base = tracking.production_version(ws, name)
-    base_files = tracking.stored_constituents(ws, base)
+    base = registry.production_version(ws, name)
+    base_files = registry.stored_constituents(ws, base)
     if base_files is None:
         raise UnlearnflowError("the fast path updates the production version's stored model files; "
                                "there is no production version with stored files (train first)")
@@ -73,69 +71,39 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
                                                    todo["earlier"])
     state = advance(ws, state, "unlearned", scratch=[updated["dir"]])
     lap("unlearned")
-    gated = erasure.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
-    previous_acc = float(base.tags["ensemble_test_accuracy"]) if "ensemble_test_accuracy" in base.tags else None
-    audit_ok, audit_reasons = audit_gate(gated["after"], params.audit, previous_acc)
+    gated = audit.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
+    gated["passed"], gated["failed_because"] = audit.gate(params, gated, base)
     lap("audited")
     tracked = tracking.log_approximate_run(ws, params, approximation_id=aid, base_version=str(base.version),
                                            approximated=updated, requests=todo["requests"], audit=gated,
                                            seconds=time.perf_counter() - t0)
     state = advance(ws, state, "registered", version=tracked["version"])
     lap("registered")
-    decision = tracking.promote(ws, params, tracked["version"], {"ensemble_accuracy": gated["after"]["test_accuracy"]},
-                                blockers=[f"audit failed: {r}" for r in audit_reasons])
+    decision = registry.promote(ws, params, tracked["version"], {"ensemble_accuracy": gated["after"]["test_accuracy"]},
+                                blockers=[f"audit failed: {r}" for r in gated["failed_because"]])
     served_at = time.time()
     state = advance(ws, state, "served" if decision["promoted"] else "held_back")
     lap("served" if decision["promoted"] else "held_back")
 
-    # Then the record: the audit beside the version it replaced, its histogram, the git record.
-    audited = erasure.audit_version(params, root, todo["erased"], aid, base_files, updated["files"],
-                                    titles=(f"after {params.unlearn.method} ({aid})", f"before (v{base.version})"))
-    tracking.log_metrics(ws, tracked["run_id"], {**{f"audit_before_{k}": v for k, v in audited["before"].items()},
-                                                 **{f"{phase}_after_seconds": t for phase, t in clock.items()}})
-    tracking.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
-    record = approximate.write_record(root, {
-        "approximation_id": aid,
-        "guarantee": "approximate",
-        "method": params.unlearn.method,
-        "unlearn_params": params.to_dict()["unlearn"],
-        "requests": [r["request_id"] for r in todo["requests"]],
-        "records_erased": len(todo["erased"]),
-        "records_relabelled": len(todo["rectified"]),
-        "base_version": str(base.version),
-        "new_version": tracked["version"],
-        "promoted": decision["promoted"],
-        "constituents": {str(c["shard"]): c["md5"] for c in updated["ensemble"]["constituents"]},
-        "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],
-                                              "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"],
-                                              "method_details": s["details"]}
-                            for s in updated["shards"]},
-        "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
-                  "passed": audit_ok, "failed_because": audit_reasons},
-        "exact_erasure": "pending: run `unlearnflow erase` (or the served erase flow) to certify these requests",
-        "created_at": erasure.now(),
-        "seconds": clock,
-    })
-    state = advance(ws, state, "recorded", scratch=[updated["dir"], str(Path(audited["histogram"]).parent)])
-    git_commit = lineage_mod.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
-    tracking.log_artifact(ws, tracked["run_id"], record, "approximation")
-    for scratch in (updated["dir"], str(Path(audited["histogram"]).parent)):  # now stored in MLflow
-        shutil.rmtree(scratch, ignore_errors=True)
-    audited["histogram"] = f"MLflow run {tracked['run_id']}, artifact audit/{Path(audited['histogram']).name}"
-    ws.journal().finish()
+    # Then the record: the audit beside the version it replaced, its histogram, the git record, the card.
+    audited = audit.audit_version(params, root, todo["erased"], aid, base_files, updated["files"],
+                                  titles=(f"after {params.unlearn.method} ({aid})", f"before (v{base.version})"))
+    audited["passed"], audited["failed_because"] = gated["passed"], gated["failed_because"]
+    recorded = approximate.record(ws, params, state, aid, todo, base, updated, tracked, decision, audited, clock,
+                                  commit)
     lap("recorded")
     return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
             "requests": todo["requests"], "erased_records": len(todo["erased"]),
-            "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit":
-            {**audited, "passed": audit_ok, "failed_because": audit_reasons},
-            "mlflow": {**tracked, **decision}, "base_version": str(base.version), "record": record,
-            "git_commit": git_commit, "served_at": served_at if decision["promoted"] else None,
+            "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit": audited,
+            "mlflow": {**tracked, **decision}, "base_version": str(base.version), **recorded,
+            "served_at": served_at if decision["promoted"] else None,
             "seconds": clock, "total_seconds": time.perf_counter() - t0}
 
 
-def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True) -> dict:
+def run_approximate(workspace: str = ".", method: str | None = None, commit: bool = True,
+                    params: Params | None = None) -> dict:
     from flows.guard import writing
 
-    with writing(workspace, "unlearnflow fast path") as (ws, params):
+    with writing(workspace, "unlearnflow fast path", params=params) as (ws, params):
         check_method(method or params.unlearn.method, params.train, exact_allowed=False)
-        return approximate_flow(workspace=str(ws.root), method=method, commit=commit)
+        return approximate_flow(workspace=str(ws.root), method=method, commit=commit, params=params)

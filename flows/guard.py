@@ -30,10 +30,11 @@ def notice(message: str) -> None:
 
 
 @contextmanager
-def writing(workspace, command: str, wait: bool = True):
+def writing(workspace, command: str, wait: bool = True, params=None):
+    """``params``: the command's parsed params.yaml, if it has them already (parsed once per command)."""
     ws = Workspace(workspace)
     ws.check()
-    params = ws.load_params()
+    params = params or ws.load_params()
     check_names(params)
     ws.check_location()
     with ws.lock(command, wait=wait, notify=notice):
@@ -59,7 +60,7 @@ def recover(ws: Workspace, params) -> dict | None:
         from tasks.runners import make_task_runner
 
         notice(f"erasure {state['erasure_id']} was interrupted (last step done: {done}); finishing it first")
-        result = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root))
+        result = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root), params=params)
         notice(f"erasure {state['erasure_id']} finished: {result['status']}"
                + (f", version {result['mlflow']['version']}, certificate {result['certificate']}"
                   if result["status"] == "erased" else ""))

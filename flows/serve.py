@@ -24,6 +24,7 @@ from flows.erase import erase_flow
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
 from unlearnflow.errors import UnlearnflowError
+from unlearnflow.unlearning import is_exact
 
 EVENT = "unlearnflow.erasure.requested"
 
@@ -39,8 +40,9 @@ def requests_flow(workspace: str = ".") -> dict:
     from flows.guard import writing
 
     with writing(workspace, "unlearnflow serve: request flow") as (ws, params):  # lock; recover a crashed run
-        fast = approximate_flow(workspace=str(ws.root)) if params.unlearn.method != "sisa" else None
-        exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root))
+        fast = None if is_exact(params.unlearn.method) else approximate_flow(workspace=str(ws.root), params=params)
+        exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root),
+                                                                                      params=params)
     return {"approximate": fast, "exact": exact}
 
 
@@ -61,7 +63,7 @@ def serve(workspace: str = ".", name: str = "erase-on-request", announce=print) 
     )
     method = ws.load_params().unlearn.method
     announce(f"serving the erase flow for {ws.root} on event '{EVENT}'"
-             + (f", after the fast path ({method})" if method != "sisa" else "") + " (Ctrl-C to stop)")
+             + ("" if is_exact(method) else f", after the fast path ({method})") + " (Ctrl-C to stop)")
     # limit=1: erase runs on one workspace never overlap (DVC and git need one writer); a run
     # woken while another works finds the ledger already handled and returns "idle".
     requests_flow.serve(name=name, triggers=[trigger], limit=1)

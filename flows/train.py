@@ -7,13 +7,13 @@ then DVC + git lineage and the MLflow record.
 
 from __future__ import annotations
 
-import time
-
-from prefect import flow, unmapped
+from prefect import flow
 
 from tasks import pipeline
+from tasks.pipeline import Clock
 from tasks.runners import make_task_runner
 from tasks.workspace import Workspace
+from unlearnflow.config import Params
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.preflight import preflight
 
@@ -22,63 +22,42 @@ class PendingRequests(UnlearnflowError):
     """Requests are filed but not yet carried out: no new model may be built first."""
 
 
-@flow(name="unlearnflow-train")
-def train_flow(workspace: str = ".", commit: bool = True) -> dict:
+@flow(name="unlearnflow-train", validate_parameters=False)
+def train_flow(workspace: str = ".", commit: bool = True, params: Params | None = None) -> dict:
     ws = Workspace(workspace)
     root = str(ws.root)
-    params = ws.load_params()
-    t0 = time.perf_counter()
-    marks = [("start", t0)]
-
-    def mark(step: str) -> None:
-        marks.append((step, time.perf_counter()))
-
-    prepared = pipeline.prepare(params.data, root)
-    mark("prepare")
-    partitioned = pipeline.partition(params.partition, root)
-    mark("partition")
-    futures = pipeline.train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
-    shards = [f.result() for f in futures]
-    mark("train")
-    ensemble = pipeline.aggregate(params.aggregate, params.partition, root)
-    metrics = pipeline.evaluate(root, params.train.device)
-    mark("evaluate")
+    params = params or ws.load_params()
+    clock = Clock()
+    built = pipeline.build(params, root, clock)
+    metrics = built["metrics"]
     pipeline.score_for_audits(params, root)
-    mark("score_for_audits")
-    train_seconds = time.perf_counter() - t0
-    lineage = pipeline.record_lineage(
-        root, commit, f"unlearnflow train: {len(shards)} constituents, test accuracy {metrics['ensemble_accuracy']:.4f}"
-    )
-    mark("lineage")
+    clock.mark("score_for_audits")
+    train_seconds = clock.since_start()
+    lineage = pipeline.record_lineage(root, commit, f"unlearnflow train: {len(built['shards'])} constituents, "
+                                                    f"test accuracy {metrics['ensemble_accuracy']:.4f}")
+    clock.mark("lineage")
     # a request filed while this flow trained: its records may be in this version; never serve it
     filed_meanwhile = [r.request.request_id for r in ws.pending_requests()]
     blockers = [f"request(s) {', '.join(filed_meanwhile)} filed during training; run `unlearnflow erase`"] \
         if filed_meanwhile else []
-    tracked = pipeline.log_to_mlflow(root, params, prepared, shards, ensemble, metrics, lineage, blockers)
-    mark("mlflow")
-    return {
-        "workspace": root,
-        "prepared": prepared,
-        "partition": partitioned,
-        "shards": shards,
-        "metrics": metrics,
-        "lineage": {k: v for k, v in lineage.items() if k != "outs"},
-        "mlflow": tracked,
-        "pipeline_seconds": round(train_seconds, 2),
-        "step_seconds": {step: round(t - marks[i][1], 2) for i, (step, t) in enumerate(marks[1:])},
-    }
+    tracked = pipeline.log_to_mlflow(root, params, built["prepared"], built["shards"], built["ensemble"], metrics,
+                                     lineage, blockers)
+    clock.mark("mlflow")
+    return {"workspace": root, **{k: built[k] for k in ("prepared", "partition", "shards", "metrics")},
+            "lineage": {k: v for k, v in lineage.items() if k != "outs"}, "mlflow": tracked,
+            "pipeline_seconds": train_seconds, "step_seconds": clock.steps()}
 
 
-def run_train(workspace: str = ".", commit: bool = True, wait: bool = True) -> dict:
+def run_train(workspace: str = ".", commit: bool = True, wait: bool = True, params: Params | None = None) -> dict:
     """Validate params (before any work), refuse while requests are pending (training now
     would bring their records back), pick the task runner, run the flow."""
     from flows.guard import writing
 
-    with writing(workspace, "unlearnflow train", wait=wait) as (ws, params):
+    with writing(workspace, "unlearnflow train", wait=wait, params=params) as (ws, params):
         refuse_pending(ws)
         preflight(params, ws.layout.ingest_cache)
         runner = make_task_runner(params.runner)
-        return train_flow.with_options(task_runner=runner)(workspace=str(ws.root), commit=commit)
+        return train_flow.with_options(task_runner=runner)(workspace=str(ws.root), commit=commit, params=params)
 
 
 def refuse_pending(ws: Workspace) -> None:

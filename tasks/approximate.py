@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import registry
 from tasks.workspace import Workspace
 from unlearnflow.durable import atomic_write
 from unlearnflow.approximate import approximate_constituent
@@ -102,7 +103,7 @@ def recover_interrupted(ws: Workspace, params: Params, state: dict) -> str:
     """A fast path stopped by a crash: if its record was written, commit it (roll forward);
     otherwise undo what it did (production back to the base version, its version tagged
     abandoned). Either way the requests stay pending for the exact erasure. Returns what was done."""
-    from tasks import lineage, tracking
+    from tasks import lineage, registry, store
 
     for scratch in state.get("scratch", []):
         shutil.rmtree(scratch, ignore_errors=True)
@@ -111,11 +112,11 @@ def recover_interrupted(ws: Workspace, params: Params, state: dict) -> str:
         lineage.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}")
         outcome = "its record was written; committed it"
     elif state.get("version"):
-        client = tracking.client_for(ws)
-        production = tracking.production_version(ws, name)
+        client = store.client_for(ws)
+        production = registry.production_version(ws, name)
         moved_back = production is not None and str(production.version) == str(state["version"])
         if moved_back:
-            client.set_registered_model_alias(name, tracking.PRODUCTION, state["base_version"])
+            client.set_registered_model_alias(name, registry.PRODUCTION, state["base_version"])
         client.set_model_version_tag(name, state["version"], "abandoned",
                                      "fast path interrupted before its record was written; rolled back")
         outcome = (f"rolled back: v{state['version']} tagged abandoned"
@@ -124,3 +125,43 @@ def recover_interrupted(ws: Workspace, params: Params, state: dict) -> str:
         outcome = "nothing was registered yet; rolled back"
     ws.journal().finish()
     return outcome + "; its requests stay pending for the exact erasure"
+
+
+def record(ws: Workspace, params: Params, state: dict, aid: str, todo: dict, base, updated: dict, tracked: dict,
+           decision: dict, audited: dict, clock: dict, commit: bool) -> dict:
+    """After the version is served: the audit beside the version it replaced and its histogram on
+    the run, the approximation record (``lineage/approximations``, git, the run), the version's
+    lineage card; scratch folders removed (their files now live in MLflow). Returns
+    {record, git_commit}; ``audited["histogram"]`` says where the histogram now is."""
+    from tasks import cards, lineage, store
+    from tasks.erasure import advance, nan_to_none, now
+
+    store.log_metrics(ws, tracked["run_id"], {**{f"audit_before_{k}": v for k, v in audited["before"].items()},
+                                              **{f"{phase}_after_seconds": t for phase, t in clock.items()}})
+    store.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
+    body = {
+        "approximation_id": aid, "guarantee": "approximate", "method": params.unlearn.method,
+        "unlearn_params": params.to_dict()["unlearn"], "requests": [r["request_id"] for r in todo["requests"]],
+        "records_erased": len(todo["erased"]), "records_relabelled": len(todo["rectified"]),
+        "base_version": str(base.version), "new_version": tracked["version"], "promoted": decision["promoted"],
+        "constituents": {str(c["shard"]): c["md5"] for c in updated["ensemble"]["constituents"]},
+        "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],
+                                              "seconds": round(s["seconds"], 3), "used_retain": s["used_retain"],
+                                              "method_details": s["details"]}
+                            for s in updated["shards"]},
+        "audit": {"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
+                  "passed": audited["passed"], "failed_because": audited["failed_because"]},
+        "exact_erasure": "pending: run `unlearnflow erase` (or the served erase flow) to certify these requests",
+        "created_at": now(), "seconds": clock}
+    path = write_record(str(ws.root), body)
+    histogram = Path(audited["histogram"])
+    advance(ws, state, "recorded", scratch=[updated["dir"], str(histogram.parent)])
+    git_commit = lineage.git_commit_lineage(ws.root, f"unlearnflow approximate {aid}") if commit else None
+    store.log_artifact(ws, tracked["run_id"], path, "approximation")
+    registry.write_card(ws, params.tracking.registered_model, tracked["version"], cards.approximation_card(
+        ws, body, path, dict(base.tags), tracked["run_id"], str(histogram), git_commit or lineage.git_head(ws.root)))
+    for scratch in (updated["dir"], str(histogram.parent)):
+        shutil.rmtree(scratch, ignore_errors=True)
+    audited["histogram"] = f"MLflow run {tracked['run_id']}, artifact audit/{histogram.name}"
+    ws.journal().finish()
+    return {"record": path, "git_commit": git_commit}

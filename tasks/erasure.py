@@ -4,8 +4,6 @@ version on the erased records, purge what still holds them, and write the certif
 from __future__ import annotations
 
 import datetime as dt
-import json
-import tempfile
 from pathlib import Path
 
 from prefect import task
@@ -17,15 +15,14 @@ from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, Params, PartitionConfig
 from unlearnflow.datasets import load_dataset
-from unlearnflow.devices import resolve as resolve_device
 from unlearnflow.ensemble import load_constituent
-from unlearnflow.erasure import add_tombstones, erased_record_metrics, load_pseudonymized, resolve
+from unlearnflow.erasure import add_tombstones, load_pseudonymized, resolve
 from unlearnflow.errors import UnlearnflowError
 from unlearnflow.hashing import hash_json, md5_file
 from unlearnflow.pseudonyms import pseudonym
-from unlearnflow.records import SPLITS, RecordSet, stable_sample
+from unlearnflow.records import SPLITS
 from unlearnflow.scoring import OutputCache
-from unlearnflow.stages import load_ensemble, load_split
+from unlearnflow.stages import load_split
 
 
 def now() -> str:
@@ -73,7 +70,7 @@ def served_snapshot(stored: dict) -> dict:
 def begin(params: Params, root: str) -> dict | None:
     """The batch to erase: the interrupted one the journal names (``resumed``), else every
     pending request, journaled with the state before it. None when there is nothing to do."""
-    from tasks import lineage, tracking
+    from tasks import lineage, registry
 
     ws = Workspace(root)
     journal = ws.journal()
@@ -87,8 +84,8 @@ def begin(params: Params, root: str) -> dict | None:
     if not pending:
         return None
     lock_md5 = lineage.lock_info(ws.root)["dvc_lock_md5"] if (ws.root / "dvc.lock").exists() else ""
-    previous = tracking.production_version(ws, params.tracking.registered_model)
-    served = tracking.stored_constituents(ws, previous)
+    previous = registry.production_version(ws, params.tracking.registered_model)
+    served = registry.stored_constituents(ws, previous)
     ids = [r.request.request_id for r in pending]
     state = journal.begin({"kind": "erase", "erasure_id": erasure_id(ids, lock_md5), "request_ids": ids,
                            # before = what production serves, not whatever files an interrupted run left
@@ -130,11 +127,12 @@ def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict
 
 
 @task(name="purge-workspace", cache_policy=NO_CACHE)
-def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str]) -> dict:
+def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str],
+                    deleted_before: list[str] = ()) -> dict:
     """Delete slice checkpoints no current constituent uses (all that saw erased records),
     for image folders the erased image files themselves (reported as pseudonyms, like the
     ledger's) and their decoded pixels in the ingest cache, and cached outputs of models
-    or records no longer current."""
+    or records no longer current. ``deleted_before``: files an interrupted attempt deleted."""
     ws = Workspace(root)
     layout = ws.layout
     keep = set()
@@ -154,7 +152,8 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or erased records
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
         {rid for split in SPLITS for rid in load_split(layout, split).record_ids})
-    return {"checkpoints_deleted": len(removed), "files_deleted": deleted_files, "cached_outputs_deleted": pruned}
+    return {"checkpoints_deleted": len(removed), "files_deleted": sorted(set(deleted_before) | set(deleted_files)),
+            "cached_outputs_deleted": pruned}
 
 
 @task(name="commit-ledger", cache_policy=NO_CACHE)
@@ -167,13 +166,13 @@ def commit_ledger(root: str, commit: bool, message: str) -> None:
         lineage.git_commit_lineage(Path(root), message)
 
 
-def run_metrics(audited: dict, audit_ok: bool, compute_seconds: float) -> dict:
+def run_metrics(audited: dict, compute_seconds: float) -> dict:
     """The erase run's metrics: the erased records beside holdout, the audit after and before
     (NaN left out: no erased records to score), and the seconds."""
     return {**{k: v for k, v in audited["forgotten"].items() if v == v},
             **{f"audit_{k}": v for k, v in audited["after"].items() if v == v},
             **{f"audit_before_{k}": v for k, v in (audited["before"] or {}).items() if v == v},
-            "audit_seconds": audited["seconds"], "audit_passed": float(audit_ok),
+            "audit_seconds": audited["seconds"], "audit_passed": float(audited["passed"]),
             **({"audit_lira_reference_seconds": audited["lira_reference_seconds"]}
                if audited["lira_reference_seconds"] else {}),
             "erasure_compute_seconds": compute_seconds}
@@ -183,90 +182,16 @@ def erasure_id(request_ids: list[str], before_lock_md5: str) -> str:
     return "e" + hash_json({"requests": sorted(request_ids), "before": before_lock_md5})[:12]
 
 
-@task(name="audit", cache_policy=NO_CACHE)
-def audit_version(params: Params, root: str, erased: list[str], eid: str, previous_files: dict | None,
-                  current_files: dict | None = None, titles: tuple[str, str] | None = None,
-                  histogram: bool = True) -> dict:
-    """Audit the new ensemble (the workspace's, or ``current_files``) and, if its files are
-    still stored, the previous one (or a reference version), on the erased records; draw
-    their confidence beside retain and test records, one panel each, titled ``titles``
-    (unless ``histogram`` is False).
-    ``forgotten``: the erased records' mean loss and confidence beside the holdout
-    records' (from the same outputs). With ``audit.lira_references`` = K > 0, K reference
-    ensembles are trained first (held in memory only, never stored)."""
-    import logging
-    import time
-
-    import numpy as np
-
-    from unlearnflow.aggregators import aggregate
-    from unlearnflow.audit import Outputs
-    from unlearnflow.audit.lira import train_references
-    from unlearnflow.audit.report import audit_ensembles, confidence_histogram, histogram_panels
-
-    t0 = time.perf_counter()
-    ws = Workspace(root)
-    splits = {name: load_split(ws.layout, name) for name in SPLITS}
-    sets = {"forget": forget_records(params.data, ws, splits, erased),
-            **{name: stable_sample(split, params.audit.sample) for name, split in splits.items()}}
-    references, k = None, params.audit.lira_references
-    if k and len(sets["forget"]):
-        log = logging.getLogger("unlearnflow")
-        log.info("audit: training %d LiRA reference ensembles on halves of %d records", k,
-                 len(sets["train"]) + len(sets["forget"]) + len(sets["holdout"]))
-        references = train_references(
-            RecordSet.concat([sets["train"], sets["forget"], sets["holdout"]]), k, params.partition, params.train,
-            params.aggregate.method, seed=params.train.seed, workers=params.runner.workers,
-            progress=lambda i, n: log.info("audit: LiRA reference %d/%d trained", i, n))
-
-    cache = OutputCache(ws.layout.outputs_cache, resolve_device(params.train.device))  # shared constituents: scored once
-
-    def outputs(paths: list[str], name: str, records) -> Outputs:
-        """Softmax-mean outputs of the ensemble of ``paths`` (the forget set's kept in memory only)."""
-        probs = cache.probabilities(paths, records, workers=params.runner.workers, persist=name != "forget")
-        return Outputs(aggregate(np.stack(probs), "softmax_mean"), records.labels, records.record_ids)
-
-    if current_files:
-        current_paths = current_files["paths"]
-    else:
-        load_ensemble(ws.layout)  # checks the constituents' md5s against ensemble.json
-        spec = json.loads(ws.layout.ensemble.read_text())
-        current_paths = [str(ws.layout.root / c["path"]) for c in spec["constituents"]]
-    audited = audit_ensembles(sets, outputs, current_paths, previous_files["paths"] if previous_files else None,
-                              references)
-    report, report_before = audited["after"], audited["before"]
-    after = audited["outputs_after"]
-    png = None
-    if histogram:
-        panels = histogram_panels(titles or (f"after erasure {eid}", "before"), after, audited["outputs_before"])
-        png = confidence_histogram(
-            ws.layout.audits / f"{eid}.png" if not current_files
-            else Path(tempfile.mkdtemp(prefix="unlearnflow-audit-")) / f"{eid}.png", panels)
-    forget, holdout = after["forget"], after["holdout"]
-    return {"after": report, "before": report_before, "histogram": str(png) if png else None,
-            "forgotten": erased_record_metrics(forget.probs, forget.labels, holdout.probs, holdout.labels),
-            "lira_reference_seconds": round(references.seconds, 2) if references else None,
-            "outputs_scored": cache.computed, "outputs_reused": cache.reused,
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def forget_records(cfg: DataConfig, ws: Workspace, splits: dict, erased: list[str]):
-    """The erased records: from the workspace's splits while they still hold them all
-    (the fast path, before the exact erasure), else from the dataset itself."""
-    wanted = set(erased)
-    every = RecordSet.concat(list(splits.values()))
-    index = [i for i, r in enumerate(every.record_ids) if r in wanted]
-    if len(index) < len(wanted):
-        every = load_pseudonymized(cfg, ws.secret_key(), ws.layout.ingest_cache)
-        index = [i for i, r in enumerate(every.record_ids) if r in wanted]
-    return every.take(index)
 
 
 @task(name="certify", cache_policy=NO_CACHE)
 def certify(root: str, body: dict, run_id: str, histogram: str | None, commit: bool, registered_model: str) -> str:
     """Write the signed certificate (unless this erasure's is already written), log it and the
-    audit histogram to the erase run, record the signing key in MLflow, commit it to git."""
-    from tasks import lineage, tracking
+    audit histogram to the erase run, record the signing key in MLflow, commit it to git, and
+    put the version's lineage card (with links to both) on its MLflow page."""
+    from tasks import cards, lineage, registry, store, tracking
 
     ws = Workspace(root)
     path = certificates.find(ws.layout.certificates, body["erasure_id"])
@@ -274,7 +199,60 @@ def certify(root: str, body: dict, run_id: str, histogram: str | None, commit: b
         path = certificates.write_certificate(ws.layout.certificates, body, ws.signing_key())
     tracking.log_certificate(ws, run_id, str(path), registered_model, ws.public_key())
     if histogram and Path(histogram).is_file():
-        tracking.log_artifact(ws, run_id, histogram, "audit")
+        store.log_artifact(ws, run_id, histogram, "audit")
     if commit:
         lineage.git_commit_lineage(ws.root, f"unlearnflow certificate {body['erasure_id']}")
+    registry.write_card(ws, registered_model, body["new_version"],
+                        cards.erasure_card(ws, body, run_id, str(path), histogram))
     return str(path)
+
+
+def nan_to_none(d: dict) -> dict:
+    """NaN metrics as None, for JSON records (certificates, approximation records)."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
+
+
+def close_unmatched(ws: Workspace, state: dict, resolved: dict, commit: bool, seconds: float) -> dict:
+    """A batch that matched no record: the ledger says so (committed), no version, nothing purged."""
+    eid = state["erasure_id"]
+    commit_ledger(str(ws.root), commit, f"unlearnflow erase {eid}: {len(resolved['unmatched'])} request(s) "
+                  "matched no record")
+    ws.journal().finish()
+    return {"status": "unmatched", "erasure_id": eid, "requests": resolved["requests"],
+            "unmatched": resolved["unmatched"], "resumed": state["resumed"], "total_seconds": seconds}
+
+
+def certificate_body(params: Params, state: dict, resolved: dict, affected: dict, after: dict, lineage: dict,
+                     tracked: dict, built: dict, audited: dict, purged: dict) -> dict:
+    """What the erasure's certificate says (``certificates.body``), from the flow's steps."""
+    remote = lineage.get("dvc_remote")
+    return certificates.body(
+        erasure_id=state["erasure_id"], created_at=now(), resolved=resolved, affected=affected, after=after,
+        lineage=lineage, previous_version=state["previous_version"], new_version=tracked["version"],
+        registered_model=params.tracking.registered_model,
+        metrics={"test_accuracy": built["metrics"]["ensemble_accuracy"], **nan_to_none(audited["forgotten"])},
+        audit={"after": nan_to_none(audited["after"]), "before": nan_to_none(audited["before"] or {}),
+               "passed": audited["passed"], "failed_because": audited["failed_because"]},
+        purged={**purged, "dvc_cache": "gc --workspace" + (f" --cloud --remote {remote}" if remote else "")},
+        superseded=("kept: " + params.retention.reason) if params.retention.keep_superseded
+        else "model files deleted once this version is in production",
+        train_device=", ".join(sorted({s["device"] for s in built["shards"]})))
+
+
+def serve(ws: Workspace, params: Params, tracked: dict, metrics: dict, audited: dict, eid: str) -> dict:
+    """After the certificate: approximate versions these requests had are marked done, the new
+    version goes to ``production`` if it passes the gates, and the versions it supersedes are
+    kept with their reason (``retention.keep_superseded``) or lose their model files."""
+    from tasks import registry
+
+    approximations = registry.mark_superseded_approximations(
+        ws, params, tracked["version"], eid, certificates.completed_requests(ws.layout.certificates))
+    decision = registry.promote(ws, params, tracked["version"], metrics,
+                                blockers=[f"audit failed: {r}" for r in audited["failed_because"]])
+    purged, retained = [], []
+    if decision["promoted"] and params.retention.keep_superseded:
+        retained = registry.retain_superseded(ws, params, tracked["version"], eid)
+    elif decision["promoted"]:
+        purged = registry.purge_superseded(ws, params, tracked["version"], f"erased under {eid}")
+    return {"mlflow": {**tracked, **decision}, "superseded_purged": purged, "superseded_retained": retained,
+            "approximations_superseded": approximations}

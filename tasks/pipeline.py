@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import task
+import time
+
+from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from tasks import lineage as lineage_mod
@@ -41,6 +43,45 @@ def _executor() -> str:
         return f"dask {worker.name} {worker.address}"
     except (ImportError, ValueError):  # not inside a Dask worker
         return f"local {socket.gethostname()} pid {os.getpid()}"
+
+
+class Clock:
+    """Seconds per step of a flow: ``mark(step)`` when a step ends; ``steps()`` for the result."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.marks = [("start", self.start)]
+
+    def mark(self, step: str) -> None:
+        self.marks.append((step, time.perf_counter()))
+
+    def since_start(self) -> float:
+        return round(time.perf_counter() - self.start, 2)
+
+    def since(self, step: str) -> float:
+        """Seconds since ``step`` was marked."""
+        return time.perf_counter() - dict(self.marks)[step]
+
+    def steps(self) -> dict[str, float]:
+        return {step: round(t - self.marks[i][1], 2) for i, (step, t) in enumerate(self.marks[1:])}
+
+
+def build(params, root: str, clock: Clock) -> dict:
+    """The SISA pipeline's computation inside a flow: prepare, partition, train every shard
+    (mapped: affected shards resume from their newest clean checkpoint, the others reuse every
+    checkpoint), aggregate, evaluate. Returns {prepared, partition, shards, ensemble, metrics}."""
+    prepared = prepare(params.data, root)
+    clock.mark("prepare")
+    partitioned = partition(params.partition, root)
+    clock.mark("partition")
+    futures = train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
+    shards = [f.result() for f in futures]
+    clock.mark("train")
+    ensemble = aggregate(params.aggregate, params.partition, root)
+    metrics = evaluate(root, params.train.device)
+    clock.mark("evaluate")
+    return {"prepared": prepared, "partition": partitioned, "shards": shards, "ensemble": ensemble,
+            "metrics": metrics}
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)

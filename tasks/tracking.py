@@ -1,9 +1,10 @@
-"""MLflow: one run per training flow, a child run per constituent, one registered model.
+"""MLflow runs: one run per training or erase flow (a child run per constituent it trained),
+one per fast path; each registers its ensemble as a new version of one registered model.
 
 Parent run: all params, ensemble metrics, the pipeline's lineage tags (git
 commit, dvc.lock md5, data version) and the ensemble as a loadable pyfunc model,
-registered under ``tracking.registered_model``. The ``production`` alias moves to
-the new version only if it passes the ``promote`` gate.
+registered under ``tracking.registered_model``. What happens to the version next
+(promotion, its lineage card, superseding) is ``tasks/registry.py``'s.
 
 Child run ``shard-<k>``: the constituent's metrics, its checkpoint keys, the md5s
 DVC recorded for its manifest, pixels and model, and the manifest as an MLflow
@@ -14,19 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import urllib.parse
 import warnings
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
+from tasks.registry import promote, set_version_tags
+from tasks.store import client_for
 from tasks.workspace import Workspace
 from unlearnflow.config import Params
 
-PRODUCTION = "production"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")  # logged as code; importing it would register it
 
 
@@ -47,15 +46,6 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "torchvision", "numpy", "pandas")]
 
 
-def client_for(ws: Workspace) -> MlflowClient:
-    """Point MLflow (tracking *and* model registry) at this workspace's store.
-
-    The registry URI is separate state in MLflow; left alone it can keep pointing at a
-    store used earlier in the same process (another workspace)."""
-    ws.check_tracking_server()
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    mlflow.set_registry_uri(ws.tracking_uri)
-    return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
 
 
 KIND_TAG = "mlflow.experimentKind"
@@ -124,13 +114,11 @@ def log_pipeline_run(
         mlflow.log_dict(metrics, "metrics/eval.json")
         run_id = parent.info.run_id
 
-    client = client_for(ws)
     version_tags = {**common, "shards": str(len(shards)), "kind": kind,
                     "ensemble_test_accuracy": f"{metrics['ensemble_accuracy']:.4f}",
                     "constituent_md5s": json.dumps({str(c["shard"]): c["md5"] for c in ensemble["constituents"]}),
                     **{k: v for k, v in (extra_tags or {}).items() if k.startswith("erasure")}}
-    for key, value in version_tags.items():
-        client.set_model_version_tag(params.tracking.registered_model, version, key, value)
+    set_version_tags(ws, params.tracking.registered_model, version, version_tags)
     return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
 
 
@@ -169,12 +157,16 @@ def _log_ensemble_model(params: Params, artifacts: dict) -> str:
 
 
 def _signature():
-    """The served model's parameters: ``output`` = classes (default) | probabilities. Inputs are
-    images in two accepted shapes, checked by the model itself, so no input schema is declared."""
+    """The served model's signature: the parameter ``output`` = classes (default) | probabilities,
+    and the default output, one class index per image. Inputs are images in two accepted shapes,
+    (N, C, H, W) or flattened (N, C*H*W), checked by the model itself: an input schema would make
+    MLflow enforce one shape and dtype, so none is declared."""
+    import numpy as np
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    return ModelSignature(params=ParamSchema([ParamSpec("output", "string", "classes")]))
+    return ModelSignature(outputs=Schema([TensorSpec(np.dtype("int64"), (-1,), "class")]),
+                          params=ParamSchema([ParamSpec("output", "string", "classes")]))
 
 
 def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str, base_version: str,
@@ -205,13 +197,11 @@ def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str,
         version = _log_ensemble_model(params, artifacts)
         mlflow.log_dict(approximated["ensemble"], "ensemble.json")
         run_id = run.info.run_id
-    client = client_for(ws)
     version_tags = {**tags, "kind": "approximate", "shards": str(len(approximated["ensemble"]["constituents"])),
                     "ensemble_test_accuracy": f"{audit['after']['test_accuracy']:.4f}",
                     "constituent_md5s": json.dumps({str(c["shard"]): c["md5"]
                                                     for c in approximated["ensemble"]["constituents"]})}
-    for key, value in version_tags.items():
-        client.set_model_version_tag(params.tracking.registered_model, version, key, value)
+    set_version_tags(ws, params.tracking.registered_model, version, version_tags)
     return {"run_id": run_id, "version": version}
 
 
@@ -242,19 +232,6 @@ def _certified_tags(method: str, numbers: dict, flags: dict) -> dict:
             "certified_retrained_shards": ",".join(map(str, retrained)) or "none"}
 
 
-def mark_superseded_approximations(ws: Workspace, params: Params, exact_version: str, erasure_id: str,
-                                   certified: set[str]) -> list[str]:
-    """Tag approximate versions all of whose requests are now certified (``certified``):
-    the exact erasure ``erasure_id`` (version ``exact_version``) has done them."""
-    client = client_for(ws)
-    name = params.tracking.registered_model
-    done = []
-    for v in registered_versions(ws, name):
-        requests = set(filter(None, v.tags.get("approximated_requests", "").split(",")))
-        if v.tags.get("exact_erasure") == "pending" and requests <= certified:
-            client.set_model_version_tag(name, v.version, "exact_erasure", f"done: {erasure_id} (v{exact_version})")
-            done.append(str(v.version))
-    return done
 
 
 def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: dict) -> None:
@@ -293,21 +270,6 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
             mlflow.log_input(dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"})
 
 
-def promote(ws: Workspace, params: Params, version: str, metrics: dict, blockers: list[str] | None = None) -> dict:
-    """Move ``production`` to ``version`` if it passes the promote gate and nothing blocks it
-    (``blockers``: reasons, e.g. "audit failed: …"); record the decision on the version."""
-    client = client_for(ws)
-    name = params.tracking.registered_model
-    gate = params.promote.min_test_accuracy
-    acc = metrics["ensemble_accuracy"]
-    promoted = acc >= gate and not blockers
-    reason = f"test accuracy {acc:.4f} {'>=' if acc >= gate else '<'} promote.min_test_accuracy {gate}"
-    if blockers:
-        reason += "; " + "; ".join(blockers)
-    client.set_model_version_tag(name, version, "promotion", ("promoted: " if promoted else "held back: ") + reason)
-    if promoted:
-        client.set_registered_model_alias(name, PRODUCTION, version)
-    return {"promoted": promoted, "reason": reason}
 
 
 def log_training(
@@ -316,86 +278,31 @@ def log_training(
 ) -> dict:
     """A training flow's run (a child per constituent), registered and, if good and nothing
     blocks it, promoted."""
+    from tasks.cards import training_card
+    from tasks.registry import write_card
+
+    run_name = f"train-{lineage['data_version'][:8]}"
     out = log_pipeline_run(
-        ws, params, kind="train", run_name=f"train-{lineage['data_version'][:8]}", prepared=prepared,
+        ws, params, kind="train", run_name=run_name, prepared=prepared,
         shards=shards, child_shards=[s["shard"] for s in shards], ensemble=ensemble, metrics=metrics, lineage=lineage,
     )
+    write_card(ws, params.tracking.registered_model, out["version"],
+               training_card(out["version"], shards, metrics, lineage, run_name))
     return {**out, **promote(ws, params, out["version"], metrics, blockers)}
 
 
-def retain_superseded(ws: Workspace, params: Params, keep_version: str, erasure: str) -> list[str]:
-    """retention.keep_superseded: keep older versions' files, tagging each with the reason."""
-    client = client_for(ws)
-    name = params.tracking.registered_model
-    kept = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        if str(mv.version) != str(keep_version) and not mv.tags.get("purged"):
-            client.set_model_version_tag(name, mv.version, "retained",
-                                         f"saw data erased under {erasure}; kept: {params.retention.reason}")
-            kept.append(str(mv.version))
-    return kept
 
 
-def purge_superseded(ws: Workspace, params: Params, keep_version: str, reason: str) -> list[str]:
-    """Delete the stored model files of every other version (they were trained on erased data).
-
-    Registry entries stay, tagged ``purged``, so the history remains readable. The files go
-    through MLflow's artifact repository for their location: a local folder, or the tracking
-    server's proxied store (``mlflow-artifacts:``), whose server deletes them; a local copy in
-    the workspace's model cache goes too.
-    """
-    client = client_for(ws)
-    name = params.tracking.registered_model
-    purged = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        if str(mv.version) == str(keep_version) or mv.tags.get("purged"):
-            continue
-        location = model_location(ws, mv)
-        if _is_local(location) and not _local_path(location).is_relative_to(ws.root):
-            raise RuntimeError(f"cannot purge model version {mv.version}: its artifacts are not in this workspace "
-                               f"({location}); delete them from that store by hand")
-        if _is_local(location):
-            shutil.rmtree(_local_path(location), ignore_errors=True)
-        else:
-            _artifact_repository(location).delete_artifacts()
-        shutil.rmtree(ws.layout.model_cache / f"v{mv.version}", ignore_errors=True)
-        client.set_model_version_tag(name, mv.version, "purged", reason)
-        purged.append(str(mv.version))
-    return purged
 
 
-def stored_artifacts(ws: Workspace, mv) -> list[str]:
-    """Paths of the files a registered version's model location still holds, asked of the store
-    itself (``verify``: a purged version must hold none)."""
-    repo = _artifact_repository(model_location(ws, mv))
-    found, todo = [], [None]
-    while todo:
-        for info in repo.list_artifacts(todo.pop()):
-            (todo if info.is_dir else found).append(info.path)
-    return found
 
 
-def _artifact_repository(location: str):
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    return get_artifact_repository(location)
 
 
-def _is_local(location: str) -> bool:
-    return urllib.parse.urlparse(location).scheme in ("", "file")
 
 
-def _local_path(location: str) -> Path:
-    return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
 
 
-def production_version(ws: Workspace, registered_model: str):
-    """The ModelVersion behind the production alias, or None."""
-    client = client_for(ws)
-    try:
-        return client.get_model_version_by_alias(registered_model, PRODUCTION)
-    except mlflow.exceptions.MlflowException:
-        return None
 
 
 def log_certificate(ws: Workspace, run_id: str, path: str, registered_model: str, public_key: str) -> None:
@@ -419,35 +326,10 @@ def logged_certificate(ws: Workspace, run_id: str) -> bytes | None:
         return Path(client.download_artifacts(run_id, files[0], tmp)).read_bytes()
 
 
-def registered_versions(ws: Workspace, registered_model: str) -> list:
-    """Every version of ``registered_model``, newest first, each fetched whole (search results
-    carry no aliases); [] while the model is not registered."""
-    client = client_for(ws)
-    try:
-        found = client.search_model_versions(f"name = '{registered_model}'")
-    except mlflow.exceptions.MlflowException:
-        return []
-    return [client.get_model_version(registered_model, v.version)
-            for v in sorted(found, key=lambda v: int(v.version), reverse=True)]
 
 
-def get_version(ws: Workspace, registered_model: str, version: str | None):
-    """A registered version by number, or None (no number, or no such version)."""
-    if not version:
-        return None
-    try:
-        return client_for(ws).get_model_version(registered_model, str(version))
-    except mlflow.exceptions.MlflowException:
-        return None
 
 
-def find_erasure_version(ws: Workspace, registered_model: str, erasure_id: str) -> dict | None:
-    """The version an earlier, interrupted attempt of ``erasure_id`` registered, if any."""
-    for v in registered_versions(ws, registered_model):
-        if v.tags.get("erasure_id") == erasure_id:
-            run = client_for(ws).get_run(v.run_id)
-            return {"run_id": v.run_id, "version": str(v.version), "experiment_id": run.info.experiment_id}
-    return None
 
 
 def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_version: str) -> dict:
@@ -465,26 +347,6 @@ def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_versi
     }
 
 
-def version_history(ws: Workspace, registered_model: str, start: str | None = None) -> list[dict]:
-    """Registered versions (newest first, from ``start`` back) with their tags and run tags."""
-    import datetime as dt
-
-    client = client_for(ws)
-    versions = registered_versions(ws, registered_model)
-    if start is not None:
-        versions = [v for v in versions if int(v.version) <= int(start)]
-    out = []
-    for v in versions:
-        run = client.get_run(v.run_id)
-        out.append({
-            "version": str(v.version),
-            "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
-            "aliases": list(v.aliases),
-            "tags": dict(v.tags),
-            "run_id": v.run_id,
-            "run_tags": {k: val for k, val in run.data.tags.items() if not k.startswith("mlflow.")},
-        })
-    return out
 
 
 def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float | None:
@@ -501,56 +363,11 @@ def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float 
     return None
 
 
-def model_location(ws: Workspace, mv) -> str:
-    """Artifact URI of a registered version's logged model (MLflow 3: ``models:/m-…`` → its location)."""
-    location = mv.source
-    if location.startswith("models:/"):
-        location = client_for(ws).get_logged_model(location.split("/", 1)[1].strip("/")).artifact_location
-    return location
 
 
-def model_files_dir(ws: Workspace, mv, fresh: bool = False) -> Path:
-    """Local directory of a registered version's logged model. A store outside the workspace
-    (a tracking server) is downloaded once into ``Layout.model_cache``; ``fresh`` downloads
-    again (``verify`` checks what the server holds, not an earlier copy)."""
-    location = model_location(ws, mv)
-    if _is_local(location):  # the workspace's own store
-        return _local_path(location)
-    target = ws.layout.model_cache / f"v{mv.version}"
-    if fresh or not (target / "MLmodel").is_file():
-        import tempfile
-
-        ws.layout.model_cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=ws.layout.model_cache) as tmp:
-            client_for(ws)
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
-            shutil.rmtree(target, ignore_errors=True)
-            got.rename(target)
-    return target
 
 
-def stored_constituents(ws: Workspace, mv) -> dict | None:
-    """Paths of a registered version's stored constituent files (None once purged)."""
-    if mv is None or mv.tags.get("purged"):
-        return None
-    root = model_files_dir(ws, mv) / "artifacts"
-    spec_path = root / "ensemble.json"
-    if not spec_path.is_file():
-        return None
-    spec = json.loads(spec_path.read_text())
-    paths = [str(root / f"shard_{c['shard']}.pt") for c in spec["constituents"]]
-    if not all(Path(p).is_file() for p in paths):
-        return None
-    return {"paths": paths, "method": spec["method"], "classes": spec["classes"]}
 
 
-def log_metrics(ws: Workspace, run_id: str, metrics: dict) -> None:
-    """Add metrics to a finished run (NaN ones are left out)."""
-    client = client_for(ws)
-    for key, value in metrics.items():
-        if value == value:
-            client.log_metric(run_id, key, value)
 
 
-def log_artifact(ws: Workspace, run_id: str, path: str, folder: str) -> None:
-    client_for(ws).log_artifact(run_id, path, folder)

@@ -20,8 +20,11 @@ import json
 from dataclasses import dataclass
 
 from tasks import lineage
+from tasks.registry import model_files_dir, production_version, registered_versions, stored_artifacts
+from tasks.store import client_for
 from tasks.workspace import Workspace
 from unlearnflow import certificates
+from unlearnflow.config import Params
 from unlearnflow.hashing import md5_file
 
 
@@ -32,15 +35,29 @@ class Check:
     detail: str
 
 
-def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> list[Check]:
-    params = ws.load_params()
-    layout = ws.layout
-    checks: list[Check] = []
-    lock = lineage.lock_info(ws.root)
-    certs = certificates.certificate_files(layout.certificates)
+def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bool = False) -> list[Check]:
+    certs = certificates.certificate_files(ws.layout.certificates)
     latest = json.loads(certs[-1].read_text()) if certs else None
+    name = params.tracking.registered_model
+    checks = [_no_filed_record_in_manifests(ws, params, certs)]
+    mv = production_version(ws, name)
+    if mv is not None and mv.tags.get("guarantee") == "approximate":
+        # the fast path serves an approximate version: the exactness promises cannot hold yet
+        checks.append(Check("production carries the exact guarantee", False,
+                            f"v{mv.version} is approximate ({mv.tags.get('unlearn_method')}) for request(s) "
+                            f"{mv.tags.get('approximated_requests')}; run `unlearnflow erase` to certify them"))
+        mv = _latest_exact_version(ws, name)
+    checks.append(_hashes_agree(ws, params, mv, certs, latest))
+    checks += _certificates_intact(ws, name, mv, certs)
+    checks += _store_checks(ws, name)
+    if retrain:
+        shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
+        checks.append(_retrained_equals_served(ws, params, shards))
+    return checks
 
-    # 1. erased records, and records of requests still pending
+
+def _no_filed_record_in_manifests(ws: Workspace, params: Params, certs: list) -> Check:
+    """1. erased records, and records of requests still pending"""
     ledger = ws.ledger().read()
     erased = set(ws.tombstones()) | ledger.erased_records()
     for path in certs:
@@ -48,37 +65,30 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
     pending = _pending_records(ws, ledger)
     found = {}
     for k in params.partition.shards:
-        manifest = json.loads(layout.shard_manifest(k).read_text())
+        manifest = json.loads(ws.layout.shard_manifest(k).read_text())
         hits = [r["record_id"] for r in manifest["records"] if r["record_id"] in erased or r["record_id"] in pending]
         if hits:
             found[k] = hits
-    checks.append(Check("no record of a filed request in a current manifest", not found,
-                        f"{len(erased)} erased and {len(pending)} pending record ids checked against "
-                        f"{len(params.partition.shards)} manifests"
-                        + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}"
-                           + (f" (pending: {', '.join(sorted({pending[r] for h in found.values() for r in h if r in pending}))}"
-                              f"; run `unlearnflow erase`)" if any(r in pending for h in found.values() for r in h)
-                              else "") if found else "")))
+    waiting = sorted({pending[r] for h in found.values() for r in h if r in pending})
+    return Check("no record of a filed request in a current manifest", not found,
+                 f"{len(erased)} erased and {len(pending)} pending record ids checked against "
+                 f"{len(params.partition.shards)} manifests"
+                 + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}"
+                    + (f" (pending: {', '.join(waiting)}; run `unlearnflow erase`)" if waiting else "")
+                    if found else ""))
 
-    # 2. hashes agree
-    from tasks.tracking import production_version
 
-    mv = production_version(ws, params.tracking.registered_model)
-    if mv is not None and mv.tags.get("guarantee") == "approximate":
-        # the fast path serves an approximate version: the exactness promises cannot hold yet
-        checks.append(Check("production carries the exact guarantee", False,
-                            f"v{mv.version} is approximate ({mv.tags.get('unlearn_method')}) for request(s) "
-                            f"{mv.tags.get('approximated_requests')}; run `unlearnflow erase` to certify them"))
-        mv = _latest_exact_version(ws, params.tracking.registered_model)
+def _hashes_agree(ws: Workspace, params: Params, mv, certs: list, latest: dict | None) -> Check:
+    """2. manifest and model md5s agree across the files, dvc.lock, the certificate, the version"""
+    layout, lock = ws.layout, lineage.lock_info(ws.root)
     registered = json.loads(mv.tags.get("constituent_md5s", "{}")) if mv else {}
     stored = _stored_model_md5s(ws, mv) if mv else {}
     problems = []
     for k in params.partition.shards:
         stage = f"train@{k}"
         files = {"manifest": md5_file(layout.shard_manifest(k)), "model": md5_file(layout.model(k))}
-        dvc_manifest = lock["deps"].get(stage, {}).get(layout.rel(layout.shard_manifest(k)))
-        dvc_model = lock["outs"].get(stage, {}).get(layout.rel(layout.model(k)))
-        sources = {"dvc.lock": (dvc_manifest, dvc_model)}
+        sources = {"dvc.lock": (lock["deps"].get(stage, {}).get(layout.rel(layout.shard_manifest(k))),
+                                lock["outs"].get(stage, {}).get(layout.rel(layout.model(k))))}
         if latest:
             c = latest["constituents"].get(str(k), {})
             sources["certificate"] = (c.get("manifest_md5"), c.get("model_md5"))
@@ -90,57 +100,56 @@ def verify(ws: Workspace, retrain: bool = False, retrain_all: bool = False) -> l
                 problems.append(f"shard {k}: manifest md5 {files['manifest']} but {where} says {m_md5}")
             if model_md5 != files["model"]:
                 problems.append(f"shard {k}: model md5 {files['model']} but {where} says {model_md5}")
-    if mv and mv.tags.get("dvc_lock_md5") != lock["dvc_lock_md5"]:
+    problems += _version_problems(mv, lock, certs, latest)
+    return Check("hashes agree across files, dvc.lock, certificate and registered model", not problems,
+                 "; ".join(problems[:4]) or f"{len(params.partition.shards)} constituents, "
+                 f"production v{mv.version if mv else '-'}, certificate {certs[-1].name if certs else '-'}")
+
+
+def _version_problems(mv, lock: dict, certs: list, latest: dict | None) -> list[str]:
+    if mv is None:
+        return ["no production model version in MLflow"]
+    problems = []
+    if mv.tags.get("dvc_lock_md5") != lock["dvc_lock_md5"]:
         problems.append(f"dvc.lock md5 {lock['dvc_lock_md5']} but production v{mv.version} records "
                         f"{mv.tags.get('dvc_lock_md5')}")
-    if mv is None:
-        problems.append("no production model version in MLflow")
-    elif latest and latest.get("new_version") and int(mv.version) < int(latest["new_version"]):
+    if latest and latest.get("new_version") and int(mv.version) < int(latest["new_version"]):
         problems.append(f"production v{mv.version} is older than v{latest['new_version']}, the version the latest "
                         f"certificate ({certs[-1].name}) made: it was trained before that erasure")
-    if mv is not None and mv.tags.get("purged"):
+    if mv.tags.get("purged"):
         problems.append(f"production v{mv.version}'s model files were purged ({mv.tags['purged']})")
-    checks.append(Check("hashes agree across files, dvc.lock, certificate and registered model", not problems,
-                        "; ".join(problems[:4]) or f"{len(params.partition.shards)} constituents, "
-                        f"production v{mv.version if mv else '-'}, certificate {certs[-1].name if certs else '-'}"))
+    return problems
 
-    # 3. chain, signatures, and the copies in git and MLflow
-    from tasks.tracking import client_for
 
-    pinned = client_for(ws).get_registered_model(params.tracking.registered_model).tags.get("certificate_public_key") \
-        if mv is not None else None
+def _certificates_intact(ws: Workspace, name: str, mv, certs: list) -> list[Check]:
+    """3. the chain, its signatures, and the copies in git and MLflow"""
+    pinned = client_for(ws).get_registered_model(name).tags.get("certificate_public_key") if mv is not None else None
     key = ws.public_key()
-    chain = certificates.verify_chain(layout.certificates, pinned or key)
+    chain = certificates.verify_chain(ws.layout.certificates, pinned or key)
     if pinned and key and pinned != key:
         chain.append(f"this workspace's signing key {key[:12]}… is not the one MLflow recorded ({pinned[:12]}…)")
-    checks.append(Check("certificate chain intact and signed", not chain,
-                        "; ".join(chain) or f"{len(certs)} certificate(s)"))
-    copies = _certificate_copies(ws, params.tracking.registered_model, certs)
-    checks.append(Check("certificates equal their git and MLflow copies; none missing", not copies,
-                        "; ".join(copies[:4]) or f"{len(certs)} certificate(s) = committed blob = MLflow copy"))
+    copies = _certificate_copies(ws, name, certs)
+    return [Check("certificate chain intact and signed", not chain, "; ".join(chain) or f"{len(certs)} certificate(s)"),
+            Check("certificates equal their git and MLflow copies; none missing", not copies,
+                  "; ".join(copies[:4]) or f"{len(certs)} certificate(s) = committed blob = MLflow copy")]
 
-    # 4. the stores beyond the workspace: MLflow's artifact store, the DVC remote
-    checks.extend(_store_checks(ws, params.tracking.registered_model))
 
-    # 5. retrain
-    if retrain:
-        from unlearnflow.ensemble import constituent_bytes  # torch: only for the retrain check
-        from unlearnflow.partition import read_shard
-        from unlearnflow.training import ModelSpec, train_constituent
+def _retrained_equals_served(ws: Workspace, params: Params, shards: list[int]) -> Check:
+    """5. the constituents, trained again from scratch on their manifests, equal the served ones"""
+    from unlearnflow.ensemble import constituent_bytes  # torch: only for the retrain check
+    from unlearnflow.partition import read_shard
+    from unlearnflow.training import ModelSpec, train_constituent
 
-        shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
-        mismatched = []
-        for k in shards:
-            manifest, images = read_shard(layout.shard_manifest(k), layout.shard_images(k))
-            spec = ModelSpec(params.train.model, tuple(int(d) for d in images.shape[1:]), len(manifest.classes))
-            result = train_constituent(manifest, images, spec, params.train, store=None)
-            fresh = constituent_bytes(spec, result.state_dict, result.slice_keys, k)
-            if fresh != layout.model(k).read_bytes():
-                mismatched.append(k)
-        checks.append(Check("retrained from scratch = served, bitwise", not mismatched,
-                            f"shards {shards} retrained without checkpoints"
-                            + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical")))
-    return checks
+    mismatched = []
+    for k in shards:
+        manifest, images = read_shard(ws.layout.shard_manifest(k), ws.layout.shard_images(k))
+        spec = ModelSpec(params.train.model, tuple(int(d) for d in images.shape[1:]), len(manifest.classes))
+        result = train_constituent(manifest, images, spec, params.train, store=None)
+        if constituent_bytes(spec, result.state_dict, result.slice_keys, k) != ws.layout.model(k).read_bytes():
+            mismatched.append(k)
+    return Check("retrained from scratch = served, bitwise", not mismatched,
+                 f"shards {shards} retrained without checkpoints"
+                 + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical"))
 
 
 def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
@@ -160,7 +169,7 @@ def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
 def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
     """Each certificate against the blob git committed and the copy its MLflow run holds;
     certificates that git's HEAD or an MLflow erase run has but the folder lacks."""
-    from tasks.tracking import logged_certificate, registered_versions
+    from tasks.tracking import logged_certificate
 
     problems = []
     rel = ws.layout.rel(ws.layout.certificates)
@@ -194,15 +203,11 @@ def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
 
 def _latest_exact_version(ws: Workspace, name: str):
     """The newest registered version with guarantee exact (what the workspace's files are)."""
-    from tasks.tracking import registered_versions
-
     return next((v for v in registered_versions(ws, name) if v.tags.get("guarantee", "exact") == "exact"), None)
 
 
 def _stored_model_md5s(ws: Workspace, mv) -> dict[str, str]:
     """md5 of each constituent file inside the registered version's stored model."""
-    from tasks.tracking import model_files_dir
-
     files = model_files_dir(ws, mv, fresh=True) / "artifacts"
     return {p.stem.split("_", 1)[1]: md5_file(p) for p in files.glob("shard_*.pt")}
 
@@ -211,8 +216,6 @@ def _store_checks(ws: Workspace, name: str) -> list[Check]:
     """What the stores outside the workspace hold: MLflow's artifact store keeps no file of a
     purged version; the DVC remote (if the workspace has one) no object the current data
     version does not use, so no prepared file, shard or model that held an erased record."""
-    from tasks.tracking import registered_versions, stored_artifacts
-
     left = {}
     purged = [v for v in registered_versions(ws, name) if v.tags.get("purged")]
     for v in purged:
@@ -221,7 +224,7 @@ def _store_checks(ws: Workspace, name: str) -> list[Check]:
             left[v.version] = files
     checks = [Check("purged versions hold no model file in MLflow's artifact store", not left,
                     f"{len(purged)} purged version(s) asked of the store"
-                    + (f"; STILL STORED: " + "; ".join(f"v{v}: {len(f)} files ({f[0]}…)" for v, f in left.items())
+                    + ("; STILL STORED: " + "; ".join(f"v{v}: {len(f)} files ({f[0]}…)" for v, f in left.items())
                        if left else ": 0 files"))]
     remote = lineage.dvc_remote(ws.root)
     if remote:

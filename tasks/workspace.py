@@ -179,6 +179,16 @@ class Workspace:
         records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
         return {rid for rec in records for rid in rec["requests"]}
 
+    def training_subjects(self, params: Params) -> list[str]:
+        """Raw ids (in order) of the synthetic subjects that still have records in the training
+        split: who the demo, the benchmarks and the tests ask to be forgotten."""
+        from unlearnflow.datasets import load_dataset
+        from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
+        from unlearnflow.stages import load_split
+
+        in_training = set(load_split(self.layout, "train").subject_ids)
+        return sorted({raw for raw in load_dataset(params.data).subject_ids if pseudonym(SYNTHETIC_KEY, raw) in in_training})
+
     def tombstones(self) -> dict[str, str]:
         return read_tombstones(self.layout.tombstones)
 

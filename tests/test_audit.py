@@ -174,13 +174,13 @@ def test_a_diverged_model_fails_the_gate_instead_of_crashing_the_audit():
 
 @pytest.mark.slow
 def test_an_attack_registered_in_one_module_runs_in_every_audit(prefect_server, tmp_path, capsys):
-    """A toy attack registered here shows up in the erase run's metrics and the certificate."""
+    """A toy attack registered here shows up in the erase run's metrics, the certificate, the
+    version's lineage card and `unlearnflow audit`."""
     import json
 
     from conftest import cli
-    from flows.cli import _demo_subject
     from flows.train import run_train
-    from tasks.tracking import client_for
+    from tasks.store import client_for
     from test_pipeline_integration import make_workspace
     from unlearnflow.audit import ATTACKS, Attack, register_attack
 
@@ -196,7 +196,7 @@ def test_an_attack_registered_in_one_module_runs_in_every_audit(prefect_server, 
     run_train(str(ws.root))
     register_attack(ForgetConfidence)
     try:
-        assert cli("forget", "-C", str(ws.root), "--subject", _demo_subject(ws, ws.load_params())) == 0
+        assert cli("forget", "-C", str(ws.root), "--subject", ws.training_subjects(ws.load_params())[0]) == 0
         assert cli("audit", "-C", str(ws.root)) == 0
         assert "mean true-class confidence on the forget set (toy)" in capsys.readouterr().out
     finally:
@@ -209,6 +209,7 @@ def test_an_attack_registered_in_one_module_runs_in_every_audit(prefect_server, 
     metrics = client.get_run(prod.run_id).data.metrics
     assert metrics["audit_toy_forget_confidence"] == pytest.approx(value)
     assert "audit_rerun_toy_forget_confidence" in metrics  # the audit command ran it too
+    assert "| mean true-class confidence on the forget set (toy) |" in prod.description  # the lineage card
 
 
 def test_the_auc_interval_is_wide_for_a_handful_of_records_and_narrow_for_many():

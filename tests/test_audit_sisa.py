@@ -17,7 +17,7 @@ from unlearnflow.audit.lira import train_references
 from unlearnflow.audit.report import audit, avg_gap
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.config import DataConfig, PartitionConfig, TrainConfig
-from unlearnflow.erasure import apply_requests, load_pseudonymized
+from unlearnflow.erasure import apply_requests, load_pseudonymized, mislabel
 from unlearnflow.records import RecordSet, split_records
 from unlearnflow.sisa import train_ensemble
 
@@ -25,10 +25,6 @@ PARTITION = PartitionConfig(shards=(0, 1, 2), slices=4)
 MEMORISING = TrainConfig(model="cnn", epochs=60, augment=False)
 
 
-def flip(records: RecordSet, index, rng) -> RecordSet:
-    k = len(records.classes)
-    new = {records.record_ids[i]: int((records.labels[i] + rng.integers(1, k)) % k) for i in index}
-    return apply_requests(records, set(), new)
 
 
 def outputs(ensemble, rs: RecordSet) -> Outputs:
@@ -48,8 +44,8 @@ def test_exact_erasure_looks_unseen_and_like_the_retrained_reference(splits, sce
     train, test, holdout = splits["train"], splits["test"], splits["holdout"]
     if scenario.startswith("flipped"):
         pick = rng.choice(len(train), len(train) // 20, replace=False)
-        train = flip(train, pick, rng)
-        non_members = flip(holdout, range(len(holdout)), rng)  # unseen and flipped: like with like
+        train = mislabel(train, pick, rng)
+        non_members = mislabel(holdout, range(len(holdout)), rng)  # unseen and flipped: like with like
     else:
         pick = rng.choice(len(train), len(train) // 10, replace=False)
         non_members = test

@@ -97,13 +97,12 @@ def _subjects(ws) -> list[str]:
 
 @pytest.mark.slow
 def test_reports_hold_no_dict_text_ansi_codes_or_prefect_lines_unless_verbose(prefect_server, tmp_path):
-    from flows.cli import _demo_subject
     from flows.train import run_train
     from test_pipeline_integration import make_workspace
 
     ws = make_workspace(tmp_path / "ws")
     run_train(str(ws.root))
-    subject = _demo_subject(ws, ws.load_params())
+    subject = ws.training_subjects(ws.load_params())[0]
     outputs = {"forget": _run(ws.root, prefect_server, "forget", "--subject", subject),
                "lineage": _run(ws.root, prefect_server, "lineage"),
                "status": _run(ws.root, prefect_server, "status")}

@@ -84,7 +84,8 @@ def test_a_dp_workspace_records_epsilon_per_constituent_and_version(prefect_serv
 
     from conftest import cli
     from tasks import lineage
-    from tasks.tracking import client_for, production_version
+    from tasks.registry import production_version
+    from tasks.store import client_for
     from tasks.workspace import Workspace
 
     root = tmp_path / "ws"

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import cli
 from tasks import lineage
-from tasks.tracking import client_for
+from tasks.store import client_for
 from tasks.workspace import Workspace
 from unlearnflow.layout import Layout
 from unlearnflow.stages import load_split

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import cli
 from tasks import lineage
-from tasks.tracking import client_for
+from tasks.store import client_for
 from unlearnflow.hashing import md5_file
 from test_pipeline_integration import make_workspace
 
@@ -18,12 +18,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(prefect_server, tmp_path, capsys):
-    from flows.cli import _demo_subject
     from flows.train import run_train
 
     ws = make_workspace(tmp_path / "fast")
     run_train(str(ws.root))
-    subject = _demo_subject(ws, ws.load_params())
+    subject = ws.training_subjects(ws.load_params())[0]
     ledger_before = (ws.root / "ledger" / "requests.jsonl").read_text() if (ws.root / "ledger" / "requests.jsonl").exists() else ""
     lock_before = (ws.root / "dvc.lock").read_text()
     models_before = {p.name: p.read_bytes() for p in (ws.root / "models" / "shards").glob("*.pt")}
@@ -145,3 +144,34 @@ def test_certified_removal_records_its_guarantee_in_the_record_mlflow_and_lineag
         assert spent[1][1]["spent"] >= spent[0][1]["spent"]
     assert cli("lineage", "-C", str(ws.root)) == 0
     assert "certified removal: (epsilon 1, delta 0.0001); gradient-residual bound spent" in capsys.readouterr().out
+
+
+def test_params_yaml_is_parsed_once_per_command(prefect_server, tmp_path, monkeypatch, capsys):
+    """Each command reads params.yaml once and hands the values on (the issue counted six
+    parses in one `forget --method amun`): counted through Workspace.load_params."""
+    from flows.train import run_train
+    from tasks.workspace import Workspace
+
+    ws = make_workspace(tmp_path / "once")
+    run_train(str(ws.root))
+    root = str(ws.root)
+    subject = ws.training_subjects(ws.load_params())[0]
+    calls = []
+    parse = Workspace.load_params
+
+    def counted(self):
+        calls.append(self.root)
+        return parse(self)
+
+    monkeypatch.setattr(Workspace, "load_params", counted)
+    commands = [["forget", "-C", root, "--subject", subject, "--method", "finetune", "--exact", "later"],
+                ["erase", "-C", root], ["train", "-C", root], ["audit", "-C", root], ["status", "-C", root],
+                ["lineage", "-C", root], ["verify", "-C", root], ["rectify", "-C", root, "--record", "x",
+                                                                     "--label", "1", "--no-wait"]]
+    counts = {}
+    for args in commands:
+        calls.clear()
+        assert cli(*args) == 0, args
+        counts[args[0]] = len(calls)
+    capsys.readouterr()
+    assert counts == {name: 1 for name in counts}

@@ -21,12 +21,10 @@ import yaml
 from conftest import cli
 from tasks import lineage
 from tasks.erasure import STEPS
-from tasks.tracking import client_for
+from tasks.store import client_for
 from tasks.workspace import Workspace
 from unlearnflow.hashing import canonical_json, md5_file
 from unlearnflow.layout import Layout
-from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-from unlearnflow.stages import load_split
 
 BIN = Path(sys.executable).parent
 MODEL = "unlearnflow-sisa"
@@ -52,8 +50,8 @@ def trained_workspace(root: Path) -> Path:
 
 def train_subjects(root: Path) -> list[str]:
     """Raw synthetic subjects (s000 … s359) that have records in the training split."""
-    in_train = set(load_split(Layout(root), "train").subject_ids)
-    return [s for s in (f"s{i:03d}" for i in range(360)) if pseudonym(SYNTHETIC_KEY, s) in in_train]
+    ws = Workspace(root)
+    return ws.training_subjects(ws.load_params())
 
 
 def unlearnflow(root: Path, *args: str, api: str | None = None, **env) -> subprocess.Popen:

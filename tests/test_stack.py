@@ -25,6 +25,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from tasks import lineage
+from tasks.workspace import Workspace
 from unlearnflow.layout import Layout
 from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
 from unlearnflow.stages import load_split
@@ -88,8 +89,8 @@ def erased_patterns(root: Path, subjects: list[str]) -> list[bytes]:
 
 
 def train_subjects(root: Path, n: int) -> list[str]:
-    in_train = set(load_split(Layout(root), "train").subject_ids)
-    return [s for s in (f"s{i:03d}" for i in range(360)) if pseudonym(SYNTHETIC_KEY, s) in in_train][:n]
+    ws = Workspace(root)
+    return ws.training_subjects(ws.load_params())[:n]
 
 
 def count_hits(blobs, patterns: list[bytes]) -> int:

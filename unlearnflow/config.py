@@ -199,13 +199,16 @@ class AuditConfig:
                "a number in [0, 1]")
 
 
+EXACT_METHOD = "sisa"  # unlearn.method for the exact erase flow alone; any other name is an approximate method
+
+
 @dataclass(frozen=True)
 class UnlearnConfig:
     """An approximate unlearning method and its knobs (``unlearnflow/unlearning/``).
 
     Only the fields a method reads matter to it; ``unlearnflow methods`` lists which."""
 
-    method: str = "sisa"  # sisa (exact only) or an approximate method for the fast path: `unlearnflow methods`
+    method: str = EXACT_METHOD  # sisa (exact only) or an approximate method for the fast path: `unlearnflow methods`
     lr: float = 0.01  # step size (first-order influence: the unlearning rate tau)
     epochs: int = 5  # passes over the method's fine-tuning data
     batch_size: int = 64

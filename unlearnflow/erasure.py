@@ -81,6 +81,14 @@ def apply_requests(records: RecordSet, erased: set[str], rectified: dict[str, in
     return out
 
 
+def mislabel(records: RecordSet, index, rng: np.random.Generator) -> RecordSet:
+    """The same records with the labels at ``index`` changed to another class at random: the
+    wrong labels a rectification request corrects (benchmarks and tests plant them)."""
+    k = len(records.classes)
+    return apply_requests(records, set(), {records.record_ids[i]: int((records.labels[i] + rng.integers(1, k)) % k)
+                                           for i in index})
+
+
 def check_tombstones(records: RecordSet, tombstones: dict[str, str], known_requests=None) -> None:
     """Fail if this data version predates an erasure or holds a record erased under a request.
 

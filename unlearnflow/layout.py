@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _at(*parts: str, doc: str | None = None) -> property:
+    """A fixed path below the workspace root, as a read-only property of ``Layout``."""
+    return property(lambda self: self.root.joinpath(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
@@ -29,13 +34,40 @@ class Layout:
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root).resolve())
 
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
+    # the pipeline's outputs (DVC)
+    prepared = _at("data", "prepared")
+    prepared_summary = _at("data", "prepared", "summary.json")
+    shards_dir = _at("data", "shards")
+    models_dir = _at("models", "shards")
+    ensemble = _at("models", "ensemble.json")
+    metrics = _at("metrics", "eval.json")
+    checkpoints = _at("checkpoints")  # slice checkpoints by content key (not DVC)
+
+    # what git versions beside dvc.lock
+    ledger = _at("ledger", "requests.jsonl")
+    certificates = _at("lineage", "certificates")
+    approximations = _at("lineage", "approximations",
+                         doc="One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json.")
+    audits = _at("lineage", "audits", doc="The confidence histogram of each erasure's audit: <erasure id>.png.")
+
+    # workspace state that must never enter git
+    private = _at(".unlearnflow", doc="Workspace state that must never enter git: keys, tombstones, caches.")
+    outputs_cache = _at(".unlearnflow", "outputs",
+                        doc="Constituent outputs on the splits (``scoring.OutputCache``), kept for audits.")
+    model_cache = _at(".unlearnflow", "model-cache",
+                      doc="Local copies of registered versions' model files when MLflow stores them elsewhere "
+                          "(a tracking server): one folder per version, deleted when the version is purged.")
+    ingest_cache = _at(".unlearnflow", "ingest",
+                       doc="What dataset adapters derived from the source (imagefolder: decoded pixels, ids).")
+    tombstones = _at(".unlearnflow", "tombstones.jsonl")
+    signing_key = _at(".unlearnflow", "signing.key")
+    journal = _at(".unlearnflow", "journal.json",
+                  doc="The erasure (or fast path) in progress, if any: what an interrupted one had done.")
 
     @property
-    def prepared_summary(self) -> Path:
-        return self.prepared / "summary.json"
+    def git_tracked(self) -> list[Path]:
+        """What git versions beside dvc.lock: the ledger and every lineage record."""
+        return [self.ledger, self.certificates, self.audits, self.approximations]
 
     def split_dir(self, split: str) -> Path:
         return self.prepared / split
@@ -44,91 +76,14 @@ class Layout:
         """(pixels, table) of one part of a split (``records.PARTS`` parts by subject hash)."""
         return self.split_dir(split) / f"part-{part:02d}.npy", self.split_dir(split) / f"part-{part:02d}.csv"
 
-    @property
-    def shards_dir(self) -> Path:
-        return self.root / "data" / "shards"
-
     def shard_manifest(self, shard: int) -> Path:
         return self.shards_dir / f"shard_{shard}.json"
 
     def shard_images(self, shard: int) -> Path:
         return self.shards_dir / f"shard_{shard}.npy"
 
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models" / "shards"
-
     def model(self, shard: int) -> Path:
         return self.models_dir / f"shard_{shard}.pt"
 
-    @property
-    def ensemble(self) -> Path:
-        return self.root / "models" / "ensemble.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics" / "eval.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
     def rel(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger" / "requests.jsonl"
-
-    @property
-    def certificates(self) -> Path:
-        return self.root / "lineage" / "certificates"
-
-    @property
-    def approximations(self) -> Path:
-        """One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json."""
-        return self.root / "lineage" / "approximations"
-
-    @property
-    def audits(self) -> Path:
-        """The confidence histogram of each erasure's audit: <erasure id>.png."""
-        return self.root / "lineage" / "audits"
-
-    @property
-    def git_tracked(self) -> list[Path]:
-        """What git versions beside dvc.lock: the ledger and every lineage record."""
-        return [self.ledger, self.certificates, self.audits, self.approximations]
-
-    @property
-    def private(self) -> Path:
-        """Workspace state that must never enter git: the subject key, tombstones."""
-        return self.root / ".unlearnflow"
-
-    @property
-    def outputs_cache(self) -> Path:
-        """Constituent outputs on the splits (``scoring.OutputCache``), kept for audits."""
-        return self.private / "outputs"
-
-    @property
-    def model_cache(self) -> Path:
-        """Local copies of registered versions' model files when MLflow stores them elsewhere
-        (a tracking server): one folder per version, deleted when the version is purged."""
-        return self.private / "model-cache"
-
-    @property
-    def ingest_cache(self) -> Path:
-        """What dataset adapters derived from the source (imagefolder: decoded pixels, ids)."""
-        return self.private / "ingest"
-
-    @property
-    def tombstones(self) -> Path:
-        return self.private / "tombstones.jsonl"
-
-    @property
-    def signing_key(self) -> Path:
-        return self.private / "signing.key"
-
-    @property
-    def journal(self) -> Path:
-        """The erasure (or fast path) in progress, if any: what an interrupted one had done."""
-        return self.private / "journal.json"

@@ -54,6 +54,7 @@ class Attack:
     name: str = ""
     needs_references: bool = False  # built with the LiRA reference models; skipped when there are none
     labels: dict[str, str] = {}
+    floors: dict[str, float] = {}  # what data the model never saw scores (an AUC's 0.5): the lineage card's column
 
     def score(self, members: Outputs, non_members: Outputs, target: Outputs | None = None) -> dict:
         raise NotImplementedError

@@ -82,6 +82,7 @@ class LiRA(Attack):
     needs_references = True
     labels = {"forget_vs_holdout_lira_auc": "LiRA AUC, forget vs holdout",
               "forget_vs_holdout_lira_tpr_at_1pct_fpr": "LiRA TPR at 1% FPR"}
+    floors = {"forget_vs_holdout_lira_auc": 0.5}
 
     def __init__(self, references: References):
         self.references = references

@@ -8,6 +8,7 @@ from unlearnflow.audit._base import Attack, Outputs, auc, register_attack
 class LossThreshold(Attack):
     name = "loss_threshold"
     labels = {"forget_vs_holdout_mia_auc": "MIA AUC, forget vs holdout (0.5 = unseen)"}
+    floors = {"forget_vs_holdout_mia_auc": 0.5}
 
     def score(self, members: Outputs, non_members: Outputs, target: Outputs | None = None) -> dict:
         return {"auc": auc(-members.loss, -non_members.loss)}

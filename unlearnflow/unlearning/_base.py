@@ -68,7 +68,10 @@ class Unlearner:
     name: str = ""
     needs_retain: bool = False  # cannot work without retain data
     can_use_retain: bool = True  # reads retain data when given and allowed
-    summary: str = ""
+    summary: str = ""  # one line: `unlearnflow methods` and the README's table show it
+    # what bench/unlearning.py tries (unlearn.* overrides; the row with the smallest gap to a retrain is
+    # reported): declared with the method, so a new method is benchmarked without editing the bench
+    bench_grid: tuple[dict, ...] = ()
 
     def __call__(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> tuple[nn.Module, UnlearnResult]:
         retain = retain if (cfg.use_retain and self.can_use_retain) else None

@@ -79,7 +79,9 @@ def nearest_adversarial(model, x: torch.Tensor, y: torch.Tensor, steps: int, eps
 @register_unlearner
 class AMUN(Unlearner):
     name = "amun"
-    summary = "fine-tune on forget + nearest adversarial examples (wrong labels) (+ retain)"
+    summary = "AMUN (ICML 2025): fine-tune on forget + nearest adversarial examples (+ retain: unlearn.amun_retain)"
+    # the AMUN paper's grid + 1e-4 (sequential requests without retain chose 1e-3, the smallest)
+    bench_grid = tuple({"lr": lr} for lr in (0.1, 0.05, 0.01, 0.001, 1e-4))
 
     def update(self, model, edit, retain, cfg):
         t0 = time.perf_counter()

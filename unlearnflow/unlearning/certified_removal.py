@@ -24,7 +24,7 @@ from unlearnflow.unlearning._base import Unlearner, register_unlearner
 class CertifiedRemoval(Unlearner):
     name = "certified_removal"
     needs_retain = True  # the Newton step's Hessian is over the remaining records
-    summary = "Guo et al.: Newton step on a train.certified logreg, (eps, delta) bound checked; retrains past it"
+    summary = "Guo et al. (ICML 2020): Newton step on a train.certified logreg, (eps, delta) bound checked; retrains past it"
 
     NEEDS = "it needs a logreg constituent trained with train.certified (train.model: logreg, " \
             "train.certified: {lam, sigma, epsilon, delta})"

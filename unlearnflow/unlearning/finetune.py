@@ -8,7 +8,8 @@ from unlearnflow.unlearning._base import Unlearner, concat, fit, register_unlear
 class Finetune(Unlearner):
     name = "finetune"
     needs_retain = True
-    summary = "fine-tune on retain (+ corrected points)"
+    summary = "keep training on retain data (+ corrected points)"
+    bench_grid = tuple({"lr": lr} for lr in (0.1, 0.05, 0.01, 0.001))
 
     def update(self, model, edit, retain, cfg):
         return {"steps": fit(model, concat(retain, edit.replacement), cfg)}

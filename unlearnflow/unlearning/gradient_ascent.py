@@ -9,6 +9,8 @@ class GradientAscent(Unlearner):
     name = "gradient_ascent"
     can_use_retain = False
     summary = "ascend the loss on the forget set"
+    # every rate of the AMUN grid diverged: go lower
+    bench_grid = tuple({"lr": lr} for lr in (0.1, 0.05, 0.01, 0.001, 1e-4, 1e-5))
 
     def update(self, model, edit, retain, cfg):
         steps = fit(model, edit.forget, cfg, sign=-1.0)

@@ -102,7 +102,8 @@ def _apply_update(model, step: list[torch.Tensor]) -> float:
 @register_unlearner
 class InfluenceFirstOrder(Unlearner):
     name = "influence_first_order"
-    summary = "Warnecke et al.: theta -= tau * (G(Z~) - G(Z)); erase, relabel or change features"
+    summary = "Warnecke et al. (NDSS 2023): theta -= tau (grad L(Z~) - grad L(Z)); erases, relabels or changes features"
+    bench_grid = tuple({"lr": tau} for tau in (1e-3, 1e-4, 1e-5, 1e-6))
     can_use_retain = False
 
     def update(self, model, edit, retain, cfg):
@@ -114,7 +115,8 @@ class InfluenceFirstOrder(Unlearner):
 @register_unlearner
 class InfluenceSecondOrder(Unlearner):
     name = "influence_second_order"
-    summary = "Warnecke et al.: theta -= H^-1 (G(Z~) - G(Z)) / n by CG or LiSSA"
+    summary = "Warnecke et al.: theta -= H^-1 (grad L(Z~) - grad L(Z)) / n, by CG or LiSSA"
+    bench_grid = tuple({"damping": d} for d in (0.01, 0.1, 1.0))
 
     def update(self, model, edit, retain, cfg):
         model.eval()

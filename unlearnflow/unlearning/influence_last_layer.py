@@ -55,7 +55,8 @@ def _mean_hessian(W: torch.Tensor, f: torch.Tensor, batch: int = 256) -> torch.T
 class InfluenceLastLayer(Unlearner):
     name = "influence_last_layer"
     needs_retain = True
-    summary = "Warnecke et al.'s second-order step on the last linear layer, exact Hessian"
+    summary = "the second-order step on the last linear layer only, with its exact Hessian (cnn, mlp)"
+    bench_grid = tuple({"damping": d} for d in (1e-4, 1e-3, 1e-2, 0.1))
 
     NEEDS = "it needs a model whose last module is an nn.Linear (train.model cnn or mlp)"
 

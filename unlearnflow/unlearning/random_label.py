@@ -10,6 +10,7 @@ from unlearnflow.unlearning._base import Data, Unlearner, concat, fit, register_
 class RandomLabel(Unlearner):
     name = "random_label"
     summary = "fine-tune on the forget set with random wrong labels (+ retain)"
+    bench_grid = tuple({"lr": lr} for lr in (0.1, 0.05, 0.01, 0.001, 1e-4, 1e-5))
 
     def update(self, model, edit, retain, cfg):
         with torch.no_grad():

@@ -16,7 +16,8 @@ from unlearnflow.unlearning._base import Unlearner, concat, register_unlearner
 class Retrain(Unlearner):
     name = "retrain"
     needs_retain = True
-    summary = "exact: new weights, trained on retain (+ corrected points) only"
+    summary = "exact reference for one model: new weights, trained on retain (+ corrected points) only"
+    bench_grid = ({"lr": 0.001, "epochs": 20},)  # the training recipe's optimiser and budget, no augmentation
 
     def update(self, model, edit, retain, cfg):
         with torch.random.fork_rng(devices=[]):
