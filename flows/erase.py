@@ -70,7 +70,7 @@ def erase_flow(workspace: str = ".", commit: bool = True, params: Params | None 
         ws, params, kind="erase", run_name=f"erase-{eid}", prepared=built["prepared"], shards=built["shards"],
         ensemble=built["ensemble"], metrics=built["metrics"], child_shards=[int(k) for k in affected],
         lineage=data_lineage, extra_tags=tracking.erasure_tags(eid, resolved, affected, state["previous_version"]),
-        extra_metrics=erasure.run_metrics(audited, compute_seconds))
+        extra_metrics=erasure.run_metrics(audited, compute_seconds), started_at=clock.started_at)
     state = advance(ws, state, "registered", version=tracked["version"], run_id=tracked["run_id"])
     clock.mark("mlflow")
 

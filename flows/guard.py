@@ -60,7 +60,8 @@ def recover(ws: Workspace, params) -> dict | None:
         from tasks.runners import make_task_runner
 
         notice(f"erasure {state['erasure_id']} was interrupted (last step done: {done}); finishing it first")
-        result = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root), params=params)
+        result = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root),
+                                                                                        params=params)
         notice(f"erasure {state['erasure_id']} finished: {result['status']}"
                + (f", version {result['mlflow']['version']}, certificate {result['certificate']}"
                   if result["status"] == "erased" else ""))

@@ -172,13 +172,13 @@ LINEAGE_COLUMNS = (("version", 7), ("created (UTC)", 20), ("kind", 11), ("guaran
 
 def lineage(history: list[dict]) -> None:
     """One table row per version (newest first), then what each version did, indented."""
-    print("  ".join(f"{name:{width}s}" for name, width in LINEAGE_COLUMNS))
+    print("  ".join(f"{name:{width}s}" for name, width in LINEAGE_COLUMNS).rstrip())
     for h in history:
         t = h["tags"]
         cells = (f"v{h['version']}", h["created"].replace("T", " ")[:19], t.get("kind", "train"),
                  t.get("guarantee", "-"), t.get("ensemble_test_accuracy", "-"), t.get("data_version", "-")[:12],
                  t.get("git_commit", "-")[:10], " ".join(h["aliases"]) or "-")
-        print("  ".join(f"{c:{width}s}" for c, (_, width) in zip(cells, LINEAGE_COLUMNS)))
+        print("  ".join(f"{c:{width}s}" for c, (_, width) in zip(cells, LINEAGE_COLUMNS)).rstrip())
         for line in version_notes(h):
             print(f"         {line}")
 
@@ -217,7 +217,8 @@ def status(info: dict, mv, pending: list[str]) -> None:
     for k, md5 in info.get("constituents", {}).items():
         print(f"  train@{k}  model md5 {md5 or '-'}")
     if "dvc_status_clean" in info:
-        print(f"dvc status   {'clean' if info['dvc_status_clean'] else 'changed: run `unlearnflow erase`' if pending else 'changed: run `unlearnflow train` or `dvc repro`'}")
+        changed = "changed: run `unlearnflow erase`" if pending else "changed: run `unlearnflow train` or `dvc repro`"
+        print(f"dvc status   {'clean' if info['dvc_status_clean'] else changed}")
+    only_approximate = info["requests_only_approximately_forgotten"]
     print(f"requests     {len(pending)} pending the exact erasure"
-          + (f", of which only approximately forgotten so far: {', '.join(info['requests_only_approximately_forgotten'])}"
-             if info["requests_only_approximately_forgotten"] else ""))
+          + (f", of which only approximately forgotten so far: {', '.join(only_approximate)}" if only_approximate else ""))

@@ -41,7 +41,7 @@ def train_flow(workspace: str = ".", commit: bool = True, params: Params | None 
     blockers = [f"request(s) {', '.join(filed_meanwhile)} filed during training; run `unlearnflow erase`"] \
         if filed_meanwhile else []
     tracked = pipeline.log_to_mlflow(root, params, built["prepared"], built["shards"], built["ensemble"], metrics,
-                                     lineage, blockers)
+                                     lineage, blockers, clock.started_at)
     clock.mark("mlflow")
     return {"workspace": root, **{k: built[k] for k in ("prepared", "partition", "shards", "metrics")},
             "lineage": {k: v for k, v in lineage.items() if k != "outs"}, "mlflow": tracked,

@@ -39,13 +39,9 @@ def erasure_card(ws: Workspace, body: dict, run_id: str, certificate: str, histo
         return (f"retrained from slice {a['first_retrained_slice']} "
                 f"(resumed from checkpoint {_short(a['resumed_from_checkpoint'])})")
 
-    links = {"certificate": (Path(certificate).name, registry.artifact_links(
-        ws, run_id, f"certificate/{Path(certificate).name}")[0])}
-    if histogram:
-        links["histogram"] = (f"audit/{Path(histogram).name}",
-                              registry.artifact_links(ws, run_id, f"audit/{Path(histogram).name}")[1])
     return Card(version=str(body["new_version"]), guarantee="exact",
-                made_by=f"erase run `erase-{body['erasure_id']}` (erasure {body['erasure_id']}, "
+                made_by=f"erase run [`erase-{body['erasure_id']}`]({registry.run_page(ws, run_id)}) "
+                        f"(erasure {body['erasure_id']}, "
                         f"{len(body['erased_record_ids'])} record(s) removed)",
                 data_version=body["data_version"], git_commit=body["git_commit"] or "",
                 dvc_lock_md5=body["dvc_lock_md5"], previous_version=str(body["previous_version"] or ""),
@@ -53,19 +49,15 @@ def erasure_card(ws: Workspace, body: dict, run_id: str, certificate: str, histo
                 test_accuracy=body["metrics"]["test_accuracy"],
                 constituents={k: {**c, "trained": trained(k)} for k, c in body["constituents"].items()},
                 audit_after=body["audit"]["after"], audit_before=body["audit"]["before"] or None,
-                forgotten=body["metrics"], links=links)
+                forgotten=body["metrics"], links=_links(ws, run_id, "certificate", certificate, histogram))
 
 
 def approximation_card(ws: Workspace, record: dict, record_path: str, base_tags: dict, run_id: str,
                        histogram: str | None, git_commit: str | None) -> Card:
     affected = record["affected_shards"]
-    links = {"record": (Path(record_path).name,
-                        registry.artifact_links(ws, run_id, f"approximation/{Path(record_path).name}")[0])}
-    if histogram:
-        links["histogram"] = (f"audit/{Path(histogram).name}",
-                              registry.artifact_links(ws, run_id, f"audit/{Path(histogram).name}")[1])
     return Card(version=str(record["new_version"]), guarantee="approximate",
-                made_by=f"fast path `approximate-{record['approximation_id']}` ({record['method']}; "
+                made_by=f"fast path [`approximate-{record['approximation_id']}`]({registry.run_page(ws, run_id)}) "
+                        f"({record['method']}; "
                         f"{record['records_erased']} erased, {record['records_relabelled']} relabelled; "
                         "the exact erasure is still pending)",
                 data_version=base_tags.get("data_version", ""), git_commit=git_commit or "",
@@ -73,4 +65,17 @@ def approximation_card(ws: Workspace, record: dict, record_path: str, base_tags:
                 test_accuracy=record["audit"]["after"].get("test_accuracy"),
                 constituents={k: {"model_md5": md5, "trained": f"updated by {record['method']}" if k in affected
                                   else "unchanged"} for k, md5 in record["constituents"].items()},
-                audit_after=record["audit"]["after"], audit_before=record["audit"]["before"] or None, links=links)
+                audit_after=record["audit"]["after"], audit_before=record["audit"]["before"] or None,
+                links=_links(ws, run_id, "record", record_path, histogram, folder="approximation"))
+
+
+def _links(ws: Workspace, run_id: str, label: str, document: str, histogram: str | None,
+           folder: str | None = None) -> dict:
+    """The card's links into the run's artifacts: the signed document (its page in the UI) and
+    the histogram (the file itself, so the card can show it)."""
+    name = Path(document).name
+    links = {label: (name, registry.artifact_links(ws, run_id, f"{folder or label}/{name}")[0])}
+    if histogram:
+        shown = f"audit/{Path(histogram).name}"
+        links["histogram"] = (shown, registry.artifact_links(ws, run_id, shown)[1])
+    return links

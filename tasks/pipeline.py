@@ -50,6 +50,7 @@ class Clock:
 
     def __init__(self):
         self.start = time.perf_counter()
+        self.started_at = time.time()  # wall clock: the flow's MLflow run starts here
         self.marks = [("start", self.start)]
 
     def mark(self, step: str) -> None:
@@ -140,7 +141,9 @@ def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> d
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE)
-def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage, blockers=None) -> dict:
+def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage, blockers=None,
+                  started_at: float | None = None) -> dict:
     from tasks import tracking
 
-    return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage, blockers)
+    return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage, blockers,
+                                 started_at)

@@ -230,7 +230,10 @@ def write_card(ws: Workspace, registered_model: str, version: str, card) -> str:
 def artifact_links(ws: Workspace, run_id: str, artifact: str) -> tuple[str, str]:
     """Links for a run's artifact on a version's page: the UI's artifact view, and the file
     itself (``get-artifact``, what an image in the card loads). Relative to the UI's address."""
-    experiment = client_for(ws).get_run(run_id).info.experiment_id
     quoted = urllib.parse.quote(artifact, safe="")
-    return (f"#/experiments/{experiment}/runs/{run_id}/artifacts/{artifact}",
-            f"get-artifact?path={quoted}&run_uuid={run_id}")
+    return f"{run_page(ws, run_id)}/artifacts/{artifact}", f"get-artifact?path={quoted}&run_uuid={run_id}"
+
+
+def run_page(ws: Workspace, run_id: str) -> str:
+    """A run's page in the UI, relative to its address."""
+    return f"#/experiments/{client_for(ws).get_run(run_id).info.experiment_id}/runs/{run_id}"

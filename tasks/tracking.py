@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -72,14 +73,14 @@ def setup(ws: Workspace, experiment: str) -> str:
 def log_pipeline_run(
     ws: Workspace, params: Params, *, kind: str, run_name: str, prepared: dict, shards: list[dict],
     child_shards: list[int], ensemble: dict, metrics: dict, lineage: dict, extra_tags: dict | None = None,
-    extra_metrics: dict | None = None,
+    extra_metrics: dict | None = None, started_at: float | None = None,
 ) -> dict:
     """Log one pipeline run (training or erasure) and register its ensemble as a new version.
 
     The version is not promoted here: callers move ``production`` with ``promote`` once
     every step of their flow has succeeded. Returns {run_id, version, experiment_id}.
     """
-    setup(ws, params.tracking.experiment)
+    experiment_id = setup(ws, params.tracking.experiment)
     layout = ws.layout
     lock_outs = lineage["outs"]
     common = {
@@ -90,7 +91,7 @@ def log_pipeline_run(
         "train_device": ", ".join(sorted({s.get("device", "cpu") for s in shards})),  # cpu | cuda/<GPU name>
         **_dp_tags(params, shards),
     }
-    with mlflow.start_run(run_name=run_name) as parent:
+    with _start_run(ws, experiment_id, run_name, started_at) as parent:
         mlflow.log_params(_flatten(params.to_dict()))
         mlflow.set_tags({"unlearnflow.kind": kind, "git_dirty": str(lineage["git_dirty"]),
                          "dataset": prepared["dataset"], **common, **(extra_tags or {})})
@@ -120,6 +121,15 @@ def log_pipeline_run(
                     **{k: v for k, v in (extra_tags or {}).items() if k.startswith("erasure")}}
     set_version_tags(ws, params.tracking.registered_model, version, version_tags)
     return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
+
+
+def _start_run(ws: Workspace, experiment_id: str, run_name: str, started_at: float | None):
+    """The flow's run, started when the flow started (``started_at``, epoch seconds): its duration
+    in the UI is the flow's up to the version's registration, not the seconds spent logging."""
+    if started_at is None:
+        return mlflow.start_run(run_name=run_name)
+    run = client_for(ws).create_run(experiment_id, start_time=int(started_at * 1000), run_name=run_name)
+    return mlflow.start_run(run_id=run.info.run_id)
 
 
 def _dp_tags(params: Params, shards: list[dict]) -> dict:
@@ -172,14 +182,14 @@ def _signature():
 def log_approximate_run(ws: Workspace, params: Params, *, approximation_id: str, base_version: str,
                         approximated: dict, requests: list[dict], audit: dict, seconds: float) -> dict:
     """Log a fast-path run and register its ensemble with guarantee ``approximate``."""
-    setup(ws, params.tracking.experiment)
+    experiment_id = setup(ws, params.tracking.experiment)
     method = params.unlearn.method
     tags = {"guarantee": "approximate", "unlearn_method": method, "approximation_id": approximation_id,
             "base_version": base_version, "approximated_requests": ",".join(r["request_id"] for r in requests),
             "exact_erasure": "pending"}
     numbers, flags = fold_details(approximated["shards"])  # e.g. certified_removal's bound and retrains
     tags.update(_certified_tags(method, numbers, flags))
-    with mlflow.start_run(run_name=f"approximate-{approximation_id}") as run:
+    with _start_run(ws, experiment_id, f"approximate-{approximation_id}", time.time() - seconds) as run:
         mlflow.log_params(_flatten(params.to_dict()))
         mlflow.set_tags({"unlearnflow.kind": "approximate", **tags,
                          "affected_shards": ",".join(str(s["shard"]) for s in approximated["shards"]) or "none",
@@ -274,7 +284,7 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
 
 def log_training(
     ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict,
-    blockers: list[str] | None = None,
+    blockers: list[str] | None = None, started_at: float | None = None,
 ) -> dict:
     """A training flow's run (a child per constituent), registered and, if good and nothing
     blocks it, promoted."""
@@ -285,6 +295,7 @@ def log_training(
     out = log_pipeline_run(
         ws, params, kind="train", run_name=run_name, prepared=prepared,
         shards=shards, child_shards=[s["shard"] for s in shards], ensemble=ensemble, metrics=metrics, lineage=lineage,
+        started_at=started_at,
     )
     write_card(ws, params.tracking.registered_model, out["version"],
                training_card(out["version"], shards, metrics, lineage, run_name))

@@ -41,6 +41,9 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     rid = prod.tags["approximated_requests"]
     assert record["requests"] == [rid] and record["new_version"] == "2" and record["guarantee"] == "approximate"
     assert len(record["affected_shards"]) == 1  # one synthetic subject lives in one shard
+    card = client.get_model_version("unlearnflow-sisa", "2").description  # its lineage card
+    assert card.startswith("### Lineage of version 2 (approximate guarantee)") and "updated by amun" in card
+    assert f"[{records[0].name}](#/experiments/" in card and f"`{rid}`" in card
     phases = record["seconds"]  # served before the comparison audit, histogram and git record
     order = ["resolved", "unlearned", "audited", "registered", "served"]  # seconds since the flow started
     assert sorted(phases) == sorted(order) and [phases[p] for p in order] == sorted(phases.values())
@@ -79,7 +82,9 @@ def test_approximate_version_is_served_then_superseded_by_the_exact_erasure(pref
     assert cli("verify", "-C", str(ws.root), "--retrain") == 0
     assert cli("lineage", "-C", str(ws.root)) == 0
     history = capsys.readouterr().out
-    assert "guarantee approximate" in history and "amun on v1" in history and "exact erasure done: e" in history
+    row = next(line.split() for line in history.splitlines() if line.startswith("v2 "))  # the lineage table
+    assert row[3:5] == ["approximate", "approximate"]  # version, date, time, kind, guarantee
+    assert "amun on v1" in history and "exact erasure done: e" in history
     assert cli("status", "-C", str(ws.root), "--json") == 0
     assert json.loads(capsys.readouterr().out)["requests_only_approximately_forgotten"] == []
 
@@ -101,13 +106,7 @@ def test_an_unknown_method_is_refused_before_the_request_is_filed(tmp_path, caps
 
 
 def _subjects_in_training(ws, params, count: int) -> list[str]:
-    from unlearnflow.datasets import load_dataset
-    from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
-    from unlearnflow.stages import load_split
-
-    in_training = set(load_split(ws.layout, "train").subject_ids)
-    return [raw for raw in sorted(set(load_dataset(params.data).subject_ids))
-            if pseudonym(SYNTHETIC_KEY, raw) in in_training][:count]
+    return ws.training_subjects(params)[:count]
 
 
 def test_certified_removal_records_its_guarantee_in_the_record_mlflow_and_lineage(prefect_server, tmp_path, capsys):
