@@ -306,8 +306,11 @@ def cmd_ui(args) -> int:
            "--default-artifact-root", ws.artifact_root, "--host", args.host, "--port", str(args.port), "--workers", "1"]
     base = f"http://{args.host}:{args.port}/"
     print(f"MLflow UI on {base}  (Ctrl-C to stop)")
-    for what, page in _ui_pages(ws, params).items():
+    pages = _ui_pages(ws, params)
+    for what, page in pages.items():
         print(f"  {what:34s} {base}{page}")
+    if not pages:
+        print(f"  nothing tracked yet: `{report.invocation()} train -C {args.workspace}` first")
     return _run_group(cmd)
 
 

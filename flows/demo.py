@@ -27,7 +27,7 @@ def run_demo(workspace: str, subject: str | None = None) -> int:
     params = ws.load_params()
     untrained = production_version(ws, params.tracking.registered_model) is None
     if untrained or (not ws.pending_requests() and not lineage.dvc_status_clean(ws.root)[0]):
-        print("demo: training the SISA ensemble first (about 35 s on 2 cores)")
+        print("demo: training the SISA ensemble first (about 45 s on 2 cores)")
         run_train(str(ws.root), params=params)
     if subject is None and subjects_are_personal(params.data):
         raise ConfigError("this dataset names real people; pass --subject ID")

@@ -9,7 +9,7 @@ transaction (``tasks/erasure.py:STEPS``; the journal is ``.unlearnflow/journal.j
     versions' model files deleted -> journal removed.
 
 Every step is idempotent and recorded when done, so a crash anywhere is finished by the
-next writing command (``flows/recovery.py`` runs this flow again on the journal's batch):
+next writing command (``flows/guard.py:recover`` runs this flow again on the journal's batch):
 computation is repeated from content-keyed checkpoints, what was registered or certified
 is found again by the erasure id, and what the certificate says about shards is derived
 from the state before (journal) and after (files), not from what one process trained.

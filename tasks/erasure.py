@@ -31,7 +31,7 @@ def now() -> str:
 
 # The erase flow's journal (``.unlearnflow/journal.json``) names the batch, the state before it
 # and every step done, in this order; a crash after any of them is finished by the next
-# writing command (``flows/recovery.py``), which runs the flow again from the journal.
+# writing command (``flows/guard.py:recover``), which runs the flow again from the journal.
 STEPS = ("begun", "resolved", "computed", "audited", "purged", "data_committed", "registered", "certified",
          "promoted")
 
