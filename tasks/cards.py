@@ -11,10 +11,6 @@ from tasks.workspace import Workspace
 from unlearnflow.lineage_card import Card
 
 
-def _short(key: str | None) -> str:
-    return key[:12] + "…" if key else "scratch"
-
-
 def training_card(version: str, shards: list[dict], metrics: dict, lineage: dict, run_name: str) -> Card:
     def trained(s: dict) -> str:
         if not s["trained_stages"]:
@@ -36,8 +32,9 @@ def erasure_card(ws: Workspace, body: dict, run_id: str, certificate: str, histo
         if shard not in affected:
             return "unchanged (no training)"
         a = affected[shard]
+        start = a["resumed_from_checkpoint"]
         return (f"retrained from slice {a['first_retrained_slice']} "
-                f"(resumed from checkpoint {_short(a['resumed_from_checkpoint'])})")
+                + (f"(resumed from checkpoint {start[:12]}…)" if start else "(from scratch: no earlier checkpoint)"))
 
     return Card(version=str(body["new_version"]), guarantee="exact",
                 made_by=f"erase run [`erase-{body['erasure_id']}`]({registry.run_page(ws, run_id)}) "
