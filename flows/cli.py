@@ -5,6 +5,7 @@
     unlearnflow forget ...      file an erasure request and carry it out (rectify: correct a label)
     unlearnflow serve           run the request flow on erasure events (Prefect deployment + trigger)
     unlearnflow status          production model, shards and data version
+    unlearnflow keys            the workspace's keys; `keys rotate subject|signing` rotates one
     unlearnflow ui              start the MLflow UI on the workspace's store
     unlearnflow stage NAME      one pipeline stage (what dvc.yaml's commands call)
 
@@ -132,17 +133,17 @@ def cmd_erase(args) -> int:
 
 
 def _file_request(ws, params, args, kind: str, label: int | None = None) -> None:
+    from flows.guard import say_mended
     from tasks.requests import file_request
-    from unlearnflow.unlearning import check_method
+    from unlearnflow.unlearning import check_method, is_exact
 
-    check_method(args.method or params.unlearn.method, params.train)  # before anything is filed
+    method = args.method or params.unlearn.method
+    check_method(method, params.train)  # before anything is filed
     selectors = {flag: getattr(args, flag, None) or () for flag in ("subject", "record", "file")}
     filed = file_request(ws, params, kind, subjects=selectors["subject"], records=selectors["record"],
-                         files=selectors["file"], label=label)
-    if filed.set_aside:
-        print(f"warning: the ledger ended in a torn line (a command stopped while filing, before it said "
-              f"'filed'); it was set aside in {filed.set_aside}. If you were filing a request then, file it again",
-              file=sys.stderr)
+                         files=selectors["file"], label=label,
+                         signs=not args.no_wait and (is_exact(method) or args.exact == "now"))
+    say_mended(filed.ledger, lambda message: print(f"warning: {message}", file=sys.stderr))
     print(f"request {filed.request_id} {'filed' if filed.new else 'was already filed (no second effect)'}"
           + (f" (it matches {filed.matched} record(s) in the current data)" if filed.matched else ""))
     if filed.matched == 0:
@@ -230,6 +231,28 @@ def cmd_verify(args) -> int:
     else:
         report.checks(checks)
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_keys(args) -> int:
+    from flows import keys
+
+    ws, params = _workspace(args)
+    if args.action == "show":
+        info = keys.describe(ws, params)
+        if args.json:
+            print(json.dumps(info, indent=1))
+        else:
+            report.keys(info)
+        return 0 if info["subject"]["ok"] and info["signing"]["ok"] else 1
+    if args.key is None:
+        raise ConfigError("name the key to rotate: `unlearnflow keys rotate subject` or `unlearnflow keys rotate "
+                          "signing`")
+    report.rotation_plan(args.key, keys.plan(ws, params, args.key), confirmed=args.yes)
+    if not args.yes:
+        return 0
+    state = keys.rotate(str(ws.root), args.key, params, reason=args.reason or "")
+    report.rotated(state)
+    return 0
 
 
 def cmd_lineage(args) -> int:
@@ -384,7 +407,7 @@ def _stage(args, ws, params, layout):
     from unlearnflow.progress import progress_callbacks
 
     if args.name == "prepare":
-        out = stages.prepare(params.data, layout, ws.secret_key(), ws.ledger().read(), ws.tombstones())
+        out = stages.prepare(params.data, layout, ws.secret_key(params.data), ws.ledger().read(), ws.tombstones())
     elif args.name == "partition":
         out = stages.partition_stage(params.partition, layout)
     elif args.name == "train":
@@ -402,12 +425,12 @@ def _stage(args, ws, params, layout):
 def _interrupted_notice(ws) -> None:
     state = ws.journal().read()
     if state is not None:
-        print(f"note: {'erasure ' + state.get('erasure_id', '') if state['kind'] == 'erase' else 'a fast path'} was "
-              f"interrupted (last step done: {state['steps'][-1] if state['steps'] else 'none'}); the next writing "
-              f"command (e.g. `unlearnflow erase`) finishes or rolls it back", file=sys.stderr)
-    if ws.ledger().read().torn:
-        print("note: the ledger ends in a torn line (a command stopped while filing); the next filing sets it aside",
-              file=sys.stderr)
+        what = {"erase": f"erasure {state.get('erasure_id', '')}",
+                "rotate": f"a rotation of the {state.get('key')} key"}.get(state["kind"], "a fast path")
+        print(f"note: {what} was interrupted (last step done: {state['steps'][-1] if state['steps'] else 'none'}); "
+              f"the next writing command (e.g. `unlearnflow erase`) finishes or rolls it back", file=sys.stderr)
+    for problem in ws.ledger().problems():
+        print(f"note: {problem}", file=sys.stderr)
 
 
 def _port(text: str) -> int:
@@ -520,6 +543,14 @@ def _inspection_commands(add, sub) -> None:
     sp.add_argument("--retrain-all", action="store_true", help="retrain and compare every constituent")
     sp.add_argument("--json", action="store_true")
 
+    sp = add("keys", "show the workspace's keys (lineage/keys.json against what this machine holds), or rotate one",
+             cmd_keys)
+    sp.add_argument("action", nargs="?", choices=("show", "rotate"), default="show")
+    sp.add_argument("key", nargs="?", choices=("subject", "signing"), help="the key to rotate")
+    sp.add_argument("--yes", action="store_true", help="rotate (without it: only say what rotating costs)")
+    sp.add_argument("--reason", help="why the key is rotated (recorded in a signing key's rotation entry)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (show)")
+
     sp = add("lineage", "print the history of a model version (default: all versions, newest first)", cmd_lineage)
     sp.add_argument("--version", help="start from this version and go back")
     sp.add_argument("--json", action="store_true")
@@ -537,27 +568,33 @@ def _inspection_commands(add, sub) -> None:
 
 
 def main(argv=None) -> int:
+    from flows import logfile
+
     quiet_telemetry()
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)  # commands without a workspace have no --verbose
     if not verbose and args.command != "serve" and "prefect" not in sys.modules:
-        # Prefect and MLflow read their log levels when imported: their INFO lines (flow and task
-        # runs, the temporary server's notice) stay out of the report; our progress lines still
-        # show. MLflow's registration prints are muted where they happen (tasks.tracking). `serve`
-        # keeps them all: its runs are watched in Prefect's UI.
+        # Prefect and MLflow read their log settings when imported: Prefect's own lines (flow and
+        # task runs, an error's tracebacks) go to a file named in the error line, if one comes, not
+        # to the report; our progress lines still show. MLflow's registration prints are muted where
+        # they happen (tasks.tracking). `serve` keeps them all: its runs are watched in Prefect's UI.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logfile.route()
     if verbose:
         os.environ["UNLEARNFLOW_VERBOSE"] = "1"  # tasks.tracking lets MLflow's own prints through
-    if args.command in FLOW_COMMANDS and not (args.command in ("forget", "rectify") and args.no_wait):
+    if (args.command in FLOW_COMMANDS and not (args.command in ("forget", "rectify") and args.no_wait)) \
+            or (args.command == "keys" and args.yes):
         print(f"unlearnflow {args.command}: loading torch, Prefect and MLflow …", file=sys.stderr, flush=True)
     from unlearnflow.errors import UnlearnflowError
 
     try:
-        return args.fn(args)
-    except UnlearnflowError as e:
+        code = args.fn(args)
+    except UnlearnflowError as e:  # raised before a flow or inside one: the same one line
         detail = getattr(e, "local_detail", "")
-        print(f"error: {e}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+        log = logfile.logged()
+        print(f"error: {e}" + (f" ({detail})" if detail else "")
+              + (f" (Prefect's log of the run: {log})" if log else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: nothing acknowledged is lost; the next command that writes to the workspace "
@@ -565,15 +602,16 @@ def main(argv=None) -> int:
         return 130
     except Exception as e:  # a bug or an environment problem: one line here, the traceback in a file
         return _unexpected(e)
+    logfile.discard()  # nothing failed: Prefect's warnings, if any, are not worth a file
+    return code
 
 
 def _unexpected(e: Exception) -> int:
-    import tempfile
     import traceback
 
-    fd, path = tempfile.mkstemp(prefix="unlearnflow-error-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        traceback.print_exception(e, file=f)
+    from flows import logfile
+
+    path = logfile.append("".join(traceback.format_exception(e)))
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     print(f"error: {type(e).__name__}: {first[:300]} (traceback in {path})", file=sys.stderr)
     return 1

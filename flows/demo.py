@@ -34,19 +34,17 @@ def run_demo(workspace: str, subject: str | None = None) -> int:
     subject = subject or next(iter(ws.training_subjects(params)), None)
     if subject is None:
         raise ConfigError("no subject left in the training split")
-    filed = file_request(ws, params, "forget", subjects=[subject])
+    filed = file_request(ws, params, "forget", subjects=[subject], signs=True)
     print(f"demo: subject {subject} (synthetic) asks to be forgotten: request {filed.request_id}")
     result = run_erase(str(ws.root), params=params)
-    summary(ws, params, workspace, subject, result)
+    summary(ws, params, workspace, subject, filed.request.subjects[0], result)
     return 0
 
 
-def summary(ws, params, workspace: str, subject: str, result: dict) -> None:
+def summary(ws, params, workspace: str, subject: str, stored_as: str, result: dict) -> None:
     from tasks.tracking import latest_full_training_seconds
-    from unlearnflow.erasure import make_request
 
     full = latest_full_training_seconds(ws, params.tracking.registered_model)
-    stored_as = make_request("forget", params.data, ws.secret_key(), subjects=[subject]).subjects[0]
     print(f"\nremoved      {result['erased_records']} record(s) of subject {subject} (stored only as {stored_as})")
     for k, a in result["affected"].items():
         print(f"retrained    shard {k} from slice {a['first_retrained_slice']} of {params.partition.slices}; "

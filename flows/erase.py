@@ -96,6 +96,6 @@ def erase_flow(workspace: str = ".", commit: bool = True, params: Params | None 
 def run_erase(workspace: str = ".", commit: bool = True, wait: bool = True, params: Params | None = None) -> dict:
     from flows.guard import writing
 
-    with writing(workspace, "unlearnflow erase", wait=wait, params=params) as (ws, params):
+    with writing(workspace, "unlearnflow erase", wait=wait, params=params, signs=True) as (ws, params):
         return erase_flow.with_options(task_runner=make_task_runner(params.runner))(
             workspace=str(ws.root), commit=commit, params=params)

@@ -189,6 +189,9 @@ def version_notes(h: dict) -> list[str]:
         notes.append(f"erasure {t['erasure_id']}: requests {t.get('erasure_requests', '-')}; unmatched "
                      f"{t.get('erasure_unmatched') or 'none'}; retrained {h['run_tags'].get('affected_slices', '-')}; "
                      f"previous version v{h['run_tags'].get('previous_version') or '-'}")
+    if t.get("key_rotation"):
+        notes.append(f"key rotation {t.get('key_rotation_id')}: {t['key_rotation']}; "
+                     f"{t.get('key_rotation_requests_rekeyed', '0')} pending request(s) re-keyed")
     if t.get("guarantee") == "approximate":
         notes.append(f"approximation {t.get('approximation_id')}: {t.get('unlearn_method')} on v{t.get('base_version')} "
                      f"for requests {t.get('approximated_requests')}; exact erasure {t.get('exact_erasure')}")
@@ -222,3 +225,38 @@ def status(info: dict, mv, pending: list[str]) -> None:
     only_approximate = info["requests_only_approximately_forgotten"]
     print(f"requests     {len(pending)} pending the exact erasure"
           + (f", of which only approximately forgotten so far: {', '.join(only_approximate)}" if only_approximate else ""))
+
+
+def keys(info: dict) -> None:
+    """``unlearnflow keys``: what the workspace records (lineage/keys.json) beside what is held here."""
+    for name, label in (("subject", "subject key"), ("signing", "signing key")):
+        k = info[name]
+        recorded = k["recorded"] or "-"
+        mark = "" if k["ok"] else "  (refused: restore it; README, 'Keys: moving, losing and rotating them')"
+        print(f"{label:12s} recorded {recorded[:24]:24s} here: {k['held']}{mark}")
+    for r in info["rotations"]:
+        print(f"rotated      {r['key']} key {str(r['from'])[:12]} -> {str(r['to'])[:12]} at {r.get('at', '?')} "
+              f"({r.get('rotation_id', '')})")
+    print(f"record       {info['record']} (git)")
+
+
+def rotation_plan(key: str, lines: list[str], confirmed: bool) -> None:
+    print(f"rotating the {key} key:")
+    for line in lines:
+        print(f"  - {line}")
+    if not confirmed:
+        print(f"nothing was changed; run `{invocation()} keys rotate {key} --yes` to rotate it")
+
+
+def rotated(state: dict) -> None:
+    if state["key"] == "subject":
+        print(f"rotated      subject key {state['old_id']} -> {state['new_id']} ({state['rotation_id']}); "
+              f"{len(state['rekeyed'])} pending request(s) re-keyed"
+              + (f": {', '.join(f'{a} -> {b}' for a, b in state['rekeyed'].items())}" if state["rekeyed"] else ""))
+        if state.get("version"):
+            print(f"version      v{state['version']} (kind key_rotation): shards {state.get('shards_trained')} "
+                  f"retrained; {'in production' if state.get('promoted') else 'NOT promoted (see `lineage`)'}")
+    else:
+        print(f"rotated      signing key {state['old_public'][:12]}… -> {state['new_public'][:12]}… "
+              f"({state['rotation_id']}); chain entry {state['entry']}")
+    print(f"back up      .unlearnflow/{state['key']}.key now: the old key is gone")

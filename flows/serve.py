@@ -39,7 +39,7 @@ def requests_flow(workspace: str = ".") -> dict:
     method, then the exact erasure (which batches whatever else is pending by then)."""
     from flows.guard import writing
 
-    with writing(workspace, "unlearnflow serve: request flow") as (ws, params):  # lock; recover a crashed run
+    with writing(workspace, "unlearnflow serve: request flow", signs=True) as (ws, params):  # lock; recover
         fast = None if is_exact(params.unlearn.method) else approximate_flow(workspace=str(ws.root), params=params)
         exact = erase_flow.with_options(task_runner=make_task_runner(params.runner))(workspace=str(ws.root),
                                                                                       params=params)

@@ -23,7 +23,11 @@ class PendingRequests(UnlearnflowError):
 
 
 @flow(name="unlearnflow-train", validate_parameters=False)
-def train_flow(workspace: str = ".", commit: bool = True, params: Params | None = None) -> dict:
+def train_flow(workspace: str = ".", commit: bool = True, params: Params | None = None,
+               rotation: dict | None = None) -> dict:
+    """``rotation``: the retraining of a subject-key rotation (``flows/keys.py``): requests pending
+    before it stay pending and do not keep its version out of production (it holds exactly the
+    data the version before it held); its run and version say what it rotated."""
     ws = Workspace(workspace)
     root = str(ws.root)
     params = params or ws.load_params()
@@ -33,15 +37,17 @@ def train_flow(workspace: str = ".", commit: bool = True, params: Params | None 
     pipeline.score_for_audits(params, root)
     clock.mark("score_for_audits")
     train_seconds = clock.since_start()
-    lineage = pipeline.record_lineage(root, commit, f"unlearnflow train: {len(built['shards'])} constituents, "
+    what = f"unlearnflow keys rotate {rotation['rotation_id']}: {rotation['summary']}" if rotation \
+        else "unlearnflow train"
+    lineage = pipeline.record_lineage(root, commit, f"{what}: {len(built['shards'])} constituents, "
                                                     f"test accuracy {metrics['ensemble_accuracy']:.4f}")
     clock.mark("lineage")
     # a request filed while this flow trained: its records may be in this version; never serve it
-    filed_meanwhile = [r.request.request_id for r in ws.pending_requests()]
+    filed_meanwhile = [] if rotation else [r.request.request_id for r in ws.pending_requests()]
     blockers = [f"request(s) {', '.join(filed_meanwhile)} filed during training; run `unlearnflow erase`"] \
         if filed_meanwhile else []
     tracked = pipeline.log_to_mlflow(root, params, built["prepared"], built["shards"], built["ensemble"], metrics,
-                                     lineage, blockers, clock.started_at)
+                                     lineage, blockers, clock.started_at, rotation)
     clock.mark("mlflow")
     return {"workspace": root, **{k: built[k] for k in ("prepared", "partition", "shards", "metrics")},
             "lineage": {k: v for k, v in lineage.items() if k != "outs"}, "mlflow": tracked,

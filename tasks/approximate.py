@@ -35,7 +35,7 @@ def resolve_pending(params: Params, root: str) -> dict:
     now, before = ({"erased": set(), "rectified": {}, "report": []} for _ in range(2))
     for r in pending if todo else []:
         edits = before if r.request.request_id in done else now
-        matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
+        matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key(params.data))
         edits["report"].append({"request_id": r.request.request_id, "kind": r.request.kind, "records": len(matched)})
         if r.request.kind == "forget":
             edits["erased"].update(matched)

@@ -104,7 +104,7 @@ def forget_records(cfg: DataConfig, ws: Workspace, splits: dict, erased: list[st
     every = RecordSet.concat(list(splits.values()))
     index = [i for i, r in enumerate(every.record_ids) if r in wanted]
     if len(index) < len(wanted):
-        every = load_pseudonymized(cfg, ws.secret_key(), ws.layout.ingest_cache)
+        every = load_pseudonymized(cfg, ws.secret_key(cfg), ws.layout.ingest_cache)
         index = [i for i, r in enumerate(every.record_ids) if r in wanted]
     return every.take(index)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.faults import crash_point
+from tasks.faults import crash_point, fail_point
 from tasks.workspace import Workspace
 from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
@@ -103,12 +103,13 @@ def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict
     ledger = ws.ledger()
     known = ledger.read().requests
     batch = [known[rid] for rid in request_ids]
-    records = load_pseudonymized(cfg, ws.secret_key(), ws.layout.ingest_cache)
+    key = ws.secret_key(cfg)
+    records = load_pseudonymized(cfg, key, ws.layout.ingest_cache)
     source_of = dict(zip(records.record_ids, records.sources))
     events, report, erased = [], [], {}
     for r in batch:
         rid = r.request.request_id
-        matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key())
+        matched = r.records if r.status == "resolved" else resolve(r.request, records, key)
         if r.status == "pending":  # resolved/unmatched ones came from an attempt that stopped later: keep
             events.append({"event": "resolved", "request_id": rid, "records": list(matched)} if matched
                           else {"event": "unmatched", "request_id": rid})
@@ -133,6 +134,7 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
     for image folders the erased image files themselves (reported as pseudonyms, like the
     ledger's) and their decoded pixels in the ingest cache, and cached outputs of models
     or records no longer current. ``deleted_before``: files an interrupted attempt deleted."""
+    fail_point("purge")
     ws = Workspace(root)
     layout = ws.layout
     keep = set()
@@ -147,7 +149,7 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
             path = (folder / rel).resolve()
             if folder in path.parents and path.is_file():
                 path.unlink()
-                deleted_files.append(pseudonym(ws.secret_key(), rel))  # file names are personal data
+                deleted_files.append(pseudonym(ws.secret_key(cfg), rel))  # file names are personal data
         load_dataset(cfg, layout.ingest_cache)  # the ingest cache now holds only the files left
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or erased records
         {md5_file(layout.model(k)) for k in partition_cfg.shards},

@@ -146,8 +146,9 @@ def lineage_paths(root: Path) -> list[str]:
     """Files the pipeline owns in git: dvc.lock, the .gitignore DVC writes beside each
     cached output, and uncached outputs (metrics)."""
     root = Path(root)
-    data = yaml.safe_load((root / "dvc.lock").read_text())
-    paths = {"dvc.lock"}
+    lock = root / "dvc.lock"  # absent before the first training (a key rotation may commit first)
+    data = yaml.safe_load(lock.read_text()) if lock.is_file() else {}
+    paths = {"dvc.lock"} if lock.is_file() else set()
     for body in data.get("stages", {}).values():
         for out in body.get("outs", []):
             ignore = (root / out["path"]).parent / ".gitignore"

@@ -15,7 +15,7 @@ from unlearnflow.config import parse_params
 from unlearnflow.errors import ConfigError
 from unlearnflow.layout import Layout
 from unlearnflow.ledger import Ledger
-from unlearnflow.preflight import check_names
+from unlearnflow.preflight import check_names, check_source
 
 TEMPLATE = Path(__file__).resolve().parent.parent  # this checkout: its params.yaml and dvc.yaml
 GITIGNORE = "/checkpoints/\n/mlflow.db\n/mlruns/\n/.unlearnflow/\n/ledger/*.lock\n__pycache__/\n"
@@ -31,7 +31,9 @@ def create_workspace(target: Path, dataset: str | None = None, model: str | None
     for key, value in (("dataset", dataset), ("model", model)):
         if value:  # the line itself, so its comment stays
             text = re.sub(rf"(?m)^(  {key}: ).*$", lambda m: m.group(1) + value, text, count=1)
-    check_names(parse_params(yaml.safe_load(text)))
+    params = parse_params(yaml.safe_load(text))
+    check_names(params)
+    check_source(params)
     target.mkdir(parents=True, exist_ok=True)
     (target / "params.yaml").write_text(text)
     Ledger(Layout(target).ledger).ensure()
@@ -43,7 +45,20 @@ def create_workspace(target: Path, dataset: str | None = None, model: str | None
     if not (target / ".dvc").exists():
         dvc(target, "init", "--quiet")
         dvc(target, "config", "core.analytics", "false")
-    git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore", "ledger/requests.jsonl")
+    _make_keys(target, params)
+    git(target, "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc", ".dvcignore", "ledger/requests.jsonl",
+        "lineage/keys.json")
     identity = [] if git(target, "config", "user.email", check=False).stdout.strip() else GIT_IDENTITY
     git(target, *identity, "commit", "--quiet", "-m", "unlearnflow init")
     return target
+
+
+def _make_keys(target: Path, params) -> None:
+    """The workspace's keys (the ones in UNLEARNFLOW_SUBJECT_KEY / UNLEARNFLOW_SIGNING_KEY if
+    set, else new ones in .unlearnflow/), and what identifies them in lineage/keys.json, which
+    every later command checks (``tasks.workspace``). Packaged datasets need no subject key."""
+    from tasks.workspace import Workspace
+
+    ws = Workspace(target)
+    ws.secret_key(params.data)
+    ws.signing_key()

@@ -18,7 +18,7 @@ from unlearnflow.progress import progress_callbacks
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare(cfg: DataConfig, root: str) -> dict:
     ws = Workspace(root)
-    return stages.prepare(cfg, ws.layout, ws.secret_key(), ws.ledger().read(), ws.tombstones())
+    return stages.prepare(cfg, ws.layout, ws.secret_key(cfg), ws.ledger().read(), ws.tombstones())
 
 
 @task(name="partition", cache_policy=NO_CACHE)
@@ -142,8 +142,8 @@ def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> d
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE)
 def log_to_mlflow(root: str, params, prepared, shards, ensemble, metrics, lineage, blockers=None,
-                  started_at: float | None = None) -> dict:
+                  started_at: float | None = None, rotation: dict | None = None) -> dict:
     from tasks import tracking
 
     return tracking.log_training(Workspace(root), params, prepared, shards, ensemble, metrics, lineage, blockers,
-                                 started_at)
+                                 started_at, rotation)

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from tasks.workspace import Workspace
 from unlearnflow.config import Params
 from unlearnflow.errors import ConfigError
+from unlearnflow.ledger import Ledger, Request
 
 
 @dataclass(frozen=True)
 class Filed:
+    request: Request  # as stored: subjects and file names as pseudonyms
     request_id: str
     new: bool  # False: the same request was already on file (filing is idempotent)
     matched: int | None  # records of the current data version it names (None: not prepared yet)
-    set_aside: Path | None  # a torn last ledger line, moved aside while filing
+    ledger: Ledger  # what filing repaired first: ``restored`` lines, a torn tail ``set_aside``
 
 
 def file_request(ws: Workspace, params: Params, kind: str, subjects=(), records=(), files=(),
-                 label: int | None = None) -> Filed:
+                 label: int | None = None, signs: bool = False) -> Filed:
+    """File one request. A missing or wrong subject key (and with ``signs``, the erasure that
+    follows will sign a certificate, a missing or wrong signing key) is refused first."""
     from tasks.erasure import now
     from unlearnflow.erasure import make_request
 
@@ -30,14 +33,17 @@ def file_request(ws: Workspace, params: Params, kind: str, subjects=(), records=
         for value in values:
             if not value.strip():
                 raise ConfigError(f"--{flag} {value!r} is empty; name a {flag}")
-    request = make_request(kind, params.data, ws.secret_key(), subjects=subjects, records=records, files=files,
-                           label=label)
+    ws.refuse_during_rotation()  # (and again under the ledger's lock, below)
+    key = ws.secret_key(params.data)
+    if signs:
+        ws.signing_key()
+    request = make_request(kind, params.data, key, subjects=subjects, records=records, files=files, label=label)
     ledger = ws.ledger()
-    request_id, new = ledger.file(request, now())
-    return Filed(request_id, new, records_matching(ws, request) if new else None, ledger.set_aside)
+    request_id, new = ledger.file(request, now(), check=ws.refuse_during_rotation)  # under the ledger's lock
+    return Filed(request, request_id, new, records_matching(ws, request, key) if new else None, ledger)
 
 
-def records_matching(ws: Workspace, request) -> int | None:
+def records_matching(ws: Workspace, request, key: bytes) -> int | None:
     """How many records of the current data version a request names (None: not prepared yet)."""
     from unlearnflow.erasure import resolve
     from unlearnflow.records import SPLITS, RecordSet
@@ -46,7 +52,7 @@ def records_matching(ws: Workspace, request) -> int | None:
     if not all(ws.layout.split_dir(s).is_dir() for s in SPLITS):
         return None
     records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS])
-    return len(resolve(request, records, ws.secret_key()))
+    return len(resolve(request, records, key))
 
 
 def parse_label(ws: Workspace, params: Params, text: str) -> int:

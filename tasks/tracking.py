@@ -47,8 +47,6 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "torchvision", "numpy", "pandas")]
 
 
-
-
 KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}  # MLflow 3's UI: a model-training experiment, not GenAI
 
@@ -118,7 +116,7 @@ def log_pipeline_run(
     version_tags = {**common, "shards": str(len(shards)), "kind": kind,
                     "ensemble_test_accuracy": f"{metrics['ensemble_accuracy']:.4f}",
                     "constituent_md5s": json.dumps({str(c["shard"]): c["md5"] for c in ensemble["constituents"]}),
-                    **{k: v for k, v in (extra_tags or {}).items() if k.startswith("erasure")}}
+                    **{k: v for k, v in (extra_tags or {}).items() if k.startswith(("erasure", "key_rotation"))}}
     set_version_tags(ws, params.tracking.registered_model, version, version_tags)
     return {"run_id": run_id, "version": version, "experiment_id": parent.info.experiment_id}
 
@@ -242,8 +240,6 @@ def _certified_tags(method: str, numbers: dict, flags: dict) -> dict:
             "certified_retrained_shards": ",".join(map(str, retrained)) or "none"}
 
 
-
-
 def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: dict) -> None:
     k = s["shard"]
     with mlflow.start_run(run_name=f"shard-{k}", nested=True):
@@ -280,40 +276,27 @@ def _log_constituent(layout, s: dict, metrics: dict, lock_outs: dict, lineage: d
             mlflow.log_input(dataset, context="training", tags={"dvc_md5": s["manifest_md5"], "dvc_stage": f"train@{k}"})
 
 
-
-
 def log_training(
     ws: Workspace, params: Params, prepared: dict, shards: list[dict], ensemble: dict, metrics: dict, lineage: dict,
-    blockers: list[str] | None = None, started_at: float | None = None,
+    blockers: list[str] | None = None, started_at: float | None = None, rotation: dict | None = None,
 ) -> dict:
     """A training flow's run (a child per constituent), registered and, if good and nothing
-    blocks it, promoted."""
+    blocks it, promoted. ``rotation``: the training a subject-key rotation runs (its run, kind and
+    version tags say so)."""
     from tasks.cards import training_card
     from tasks.registry import write_card
 
-    run_name = f"train-{lineage['data_version'][:8]}"
+    run_name = f"rotate-{rotation['rotation_id']}" if rotation else f"train-{lineage['data_version'][:8]}"
+    tags = {"key_rotation": rotation["summary"], "key_rotation_id": rotation["rotation_id"],
+            "key_rotation_requests_rekeyed": str(rotation["requests_rekeyed"])} if rotation else None
     out = log_pipeline_run(
-        ws, params, kind="train", run_name=run_name, prepared=prepared,
+        ws, params, kind="key_rotation" if rotation else "train", run_name=run_name, prepared=prepared,
         shards=shards, child_shards=[s["shard"] for s in shards], ensemble=ensemble, metrics=metrics, lineage=lineage,
-        started_at=started_at,
+        extra_tags=tags, started_at=started_at,
     )
     write_card(ws, params.tracking.registered_model, out["version"],
                training_card(out["version"], shards, metrics, lineage, run_name))
     return {**out, **promote(ws, params, out["version"], metrics, blockers)}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def log_certificate(ws: Workspace, run_id: str, path: str, registered_model: str, public_key: str) -> None:
@@ -323,6 +306,44 @@ def log_certificate(ws: Workspace, run_id: str, path: str, registered_model: str
     client.log_artifact(run_id, path, "certificate")
     if "certificate_public_key" not in client.get_registered_model(registered_model).tags:
         client.set_registered_model_tag(registered_model, "certificate_public_key", public_key)
+
+
+def log_key_rotation(ws: Workspace, params: Params, rotation_id: str, path: str, public_key: str) -> str:
+    """A signing-key rotation: its chain entry as the artifact of a run of its own, and the new
+    public key as the registered model's ``certificate_public_key`` (what ``verify`` expects).
+    Returns the run id (the same run again if an interrupted attempt made it)."""
+    client = client_for(ws)
+    run_id = rotation_run(ws, params.tracking.experiment, rotation_id)
+    if run_id is None:
+        experiment_id = setup(ws, params.tracking.experiment)
+        run = client.create_run(experiment_id, run_name=f"key-rotation-{rotation_id}",
+                                tags={"unlearnflow.kind": "key_rotation", "rotation_id": rotation_id,
+                                      "rotated_key": "signing", "signer_public_key": public_key})
+        run_id = run.info.run_id
+        client.log_artifact(run_id, path, "certificate")
+        client.set_terminated(run_id)
+    if registered_model_exists(ws, params.tracking.registered_model):
+        client.set_registered_model_tag(params.tracking.registered_model, "certificate_public_key", public_key)
+    return run_id
+
+
+def rotation_run(ws: Workspace, experiment: str, rotation_id: str | None) -> str | None:
+    """The MLflow run that logged key rotation ``rotation_id``, if there is one."""
+    exp = client_for(ws).get_experiment_by_name(experiment) if rotation_id else None
+    if exp is None:
+        return None
+    runs = client_for(ws).search_runs([exp.experiment_id], f"tags.rotation_id = '{rotation_id}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def registered_model_exists(ws: Workspace, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client_for(ws).get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
 
 
 def logged_certificate(ws: Workspace, run_id: str) -> bytes | None:
@@ -335,12 +356,6 @@ def logged_certificate(ws: Workspace, run_id: str) -> bytes | None:
 
     with tempfile.TemporaryDirectory(prefix="unlearnflow-cert-") as tmp:
         return Path(client.download_artifacts(run_id, files[0], tmp)).read_bytes()
-
-
-
-
-
-
 
 
 def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_version: str) -> dict:
@@ -358,8 +373,6 @@ def erasure_tags(erasure_id: str, resolved: dict, affected: dict, previous_versi
     }
 
 
-
-
 def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float | None:
     """Training time of the newest run that trained every slice stage of every shard."""
     client = client_for(ws)
@@ -372,13 +385,5 @@ def latest_full_training_seconds(ws: Workspace, registered_model: str) -> float 
         if children and all(s == slices for s in stages):
             return run.data.metrics.get("train_seconds_total")
     return None
-
-
-
-
-
-
-
-
 
 

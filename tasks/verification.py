@@ -1,7 +1,7 @@
 """`unlearnflow verify`: check an erasure's promises from the workspace and MLflow alone.
 
 1. no record of any filed request (erased, or still pending) is in any manifest that fed
-   a current constituent;
+   a current constituent, and the ledger holds every event the certificates rely on;
 2. manifest and model md5s agree across the files, dvc.lock, the latest certificate
    and the registered production version (its tags and its stored model files), and
    production is not older than the latest certificate's version;
@@ -36,10 +36,11 @@ class Check:
 
 
 def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bool = False) -> list[Check]:
-    certs = certificates.certificate_files(ws.layout.certificates)
+    chain = certificates.certificate_files(ws.layout.certificates)  # erasure certificates and key rotations
+    certs = certificates.erasure_files(ws.layout.certificates)
     latest = json.loads(certs[-1].read_text()) if certs else None
     name = params.tracking.registered_model
-    checks = [_no_filed_record_in_manifests(ws, params, certs)]
+    checks = [_no_filed_record_in_manifests(ws, params, certs), _ledger_agrees(ws)]
     mv = production_version(ws, name)
     if mv is not None and mv.tags.get("guarantee") == "approximate":
         # the fast path serves an approximate version: the exactness promises cannot hold yet
@@ -48,7 +49,7 @@ def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bo
                             f"{mv.tags.get('approximated_requests')}; run `unlearnflow erase` to certify them"))
         mv = _latest_exact_version(ws, name)
     checks.append(_hashes_agree(ws, params, mv, certs, latest))
-    checks += _certificates_intact(ws, name, mv, certs)
+    checks += _certificates_intact(ws, params, mv, chain)
     checks += _store_checks(ws, name)
     if retrain:
         shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
@@ -62,7 +63,7 @@ def _no_filed_record_in_manifests(ws: Workspace, params: Params, certs: list) ->
     erased = set(ws.tombstones()) | ledger.erased_records()
     for path in certs:
         erased |= set(json.loads(path.read_text()).get("erased_record_ids", []))
-    pending = _pending_records(ws, ledger)
+    pending = _pending_records(ws, params, ledger)
     found = {}
     for k in params.partition.shards:
         manifest = json.loads(ws.layout.shard_manifest(k).read_text())
@@ -76,6 +77,13 @@ def _no_filed_record_in_manifests(ws: Workspace, params: Params, certs: list) ->
                  + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}"
                     + (f" (pending: {', '.join(waiting)}; run `unlearnflow erase`)" if waiting else "")
                     if found else ""))
+
+
+def _ledger_agrees(ws: Workspace) -> Check:
+    """1b. the ledger holds every event the certificates and the journal rely on"""
+    problem = ws.ledger().disagreement()
+    return Check("ledger agrees with the certificates and the journal", problem is None,
+                 problem or "every request a certificate lists is resolved in the ledger")
 
 
 def _hashes_agree(ws: Workspace, params: Params, mv, certs: list, latest: dict | None) -> Check:
@@ -121,17 +129,26 @@ def _version_problems(mv, lock: dict, certs: list, latest: dict | None) -> list[
     return problems
 
 
-def _certificates_intact(ws: Workspace, name: str, mv, certs: list) -> list[Check]:
-    """3. the chain, its signatures, and the copies in git and MLflow"""
+def _certificates_intact(ws: Workspace, params: Params, mv, chain: list) -> list[Check]:
+    """3. the chain, its signatures by the key in force, the workspace's key, and the copies in git
+    and MLflow"""
+    name = params.tracking.registered_model
     pinned = client_for(ws).get_registered_model(name).tags.get("certificate_public_key") if mv is not None else None
-    key = ws.public_key()
-    chain = certificates.verify_chain(ws.layout.certificates, pinned or key)
-    if pinned and key and pinned != key:
-        chain.append(f"this workspace's signing key {key[:12]}… is not the one MLflow recorded ({pinned[:12]}…)")
-    copies = _certificate_copies(ws, name, certs)
-    return [Check("certificate chain intact and signed", not chain, "; ".join(chain) or f"{len(certs)} certificate(s)"),
+    recorded, key = ws.key_record().signing_public_key, ws.public_key()
+    expected = recorded or pinned or key
+    problems = certificates.verify_chain(ws.layout.certificates, expected)
+    if pinned and pinned != expected:
+        problems.append(f"MLflow records signing key {pinned[:12]}…, lineage/keys.json {expected[:12]}…")
+    if key and key != expected:
+        problems.append(f"this workspace's signing key {key[:12]}… is not the one it records ({expected[:12]}…)")
+    rotated = [f"key rotated by {r['rotation_id']} (" + ("endorsed by the previous key" if r["endorsed_by_previous_key"]
+                                                       else "NOT endorsed: the previous key was not at hand") + ")"
+               for r in certificates.rotations(ws.layout.certificates)]
+    copies = _certificate_copies(ws, params, chain)
+    return [Check("certificate chain intact and signed", not problems,
+                  "; ".join(problems) or "; ".join([f"{len(chain)} certificate(s)", *rotated])),
             Check("certificates equal their git and MLflow copies; none missing", not copies,
-                  "; ".join(copies[:4]) or f"{len(certs)} certificate(s) = committed blob = MLflow copy")]
+                  "; ".join(copies[:4]) or f"{len(chain)} certificate(s) = committed blob = MLflow copy")]
 
 
 def _retrained_equals_served(ws: Workspace, params: Params, shards: list[int]) -> Check:
@@ -152,24 +169,24 @@ def _retrained_equals_served(ws: Workspace, params: Params, shards: list[int]) -
                  + (f"; DIFFERENT: {mismatched}" if mismatched else "; identical"))
 
 
-def _pending_records(ws: Workspace, ledger) -> dict[str, str]:
+def _pending_records(ws: Workspace, params: Params, ledger) -> dict[str, str]:
     """record_id -> request_id for forget requests not yet carried out, matched against the
     current training split (what the manifests were made from)."""
-    todo = [r for r in ledger.requests.values() if r.request.kind == "forget" and r.status != "resolved"
-            and r.status != "unmatched"]
+    todo = [r for r in ledger.requests.values() if r.request.kind == "forget" and r.status == "pending"]
     if not todo or not ws.layout.split_dir("train").is_dir():
         return {}
     from unlearnflow.erasure import resolve
     from unlearnflow.stages import load_split  # torch, through the stages: only when requests are pending
 
-    train = load_split(ws.layout, "train")
-    return {rid: r.request.request_id for r in todo for rid in resolve(r.request, train, ws.secret_key())}
+    train, key = load_split(ws.layout, "train"), ws.secret_key(params.data)
+    return {rid: r.request.request_id for r in todo for rid in resolve(r.request, train, key)}
 
 
-def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
-    """Each certificate against the blob git committed and the copy its MLflow run holds;
-    certificates that git's HEAD or an MLflow erase run has but the folder lacks."""
-    from tasks.tracking import logged_certificate
+def _certificate_copies(ws: Workspace, params: Params, certs: list) -> list[str]:
+    """Each certificate against the blob git committed and the copy its MLflow run holds (a key
+    rotation's: its own run); certificates that git's HEAD or an MLflow erase run has but the
+    folder lacks."""
+    from tasks.tracking import logged_certificate, rotation_run
 
     problems = []
     rel = ws.layout.rel(ws.layout.certificates)
@@ -177,11 +194,13 @@ def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
     on_disk = {f"{rel}/{p.name}" for p in certs}
     for path in sorted(committed - on_disk):
         problems.append(f"{path} is committed to git but missing from the workspace")
-    runs = {v.tags["erasure_id"]: v.run_id for v in registered_versions(ws, name) if v.tags.get("erasure_id")}
+    runs = {v.tags["erasure_id"]: v.run_id for v in registered_versions(ws, params.tracking.registered_model)
+            if v.tags.get("erasure_id")}
     known = set()
     for path in certs:
         data = path.read_bytes()
-        eid = json.loads(data).get("erasure_id")
+        cert = json.loads(data)
+        eid = cert.get("erasure_id")
         known.add(eid)
         key = f"{rel}/{path.name}"
         if key in committed:
@@ -190,7 +209,8 @@ def _certificate_copies(ws: Workspace, name: str, certs: list) -> list[str]:
                 problems.append(f"{path.name} differs from the blob committed to git")
         else:
             problems.append(f"{path.name} is not committed to git")
-        copy = logged_certificate(ws, runs[eid]) if eid in runs else None
+        run = runs.get(eid) if eid else rotation_run(ws, params.tracking.experiment, cert.get("rotation_id"))
+        copy = logged_certificate(ws, run) if run else None
         if copy is None:
             problems.append(f"{path.name}: its MLflow run holds no copy")
         elif copy != data:

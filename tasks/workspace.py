@@ -16,12 +16,14 @@ from pathlib import Path
 import yaml
 
 from unlearnflow import signing
-from unlearnflow.config import Params, parse_params
+from unlearnflow.config import DataConfig, Params, parse_params
 from unlearnflow.durable import Journal, WorkspaceLock
 from unlearnflow.errors import ConfigError, UnlearnflowError
-from unlearnflow.erasure import read_tombstones
+from unlearnflow.erasure import needs_secret_key, read_tombstones
+from unlearnflow.keys import KeyMissing, KeyRecord, WrongKey, read_record, write_record
 from unlearnflow.layout import Layout
 from unlearnflow.ledger import Ledger
+from unlearnflow.pseudonyms import SYNTHETIC_KEY, key_id
 
 
 class NotAWorkspace(UnlearnflowError):
@@ -87,62 +89,163 @@ class Workspace:
                             f"`unlearnflow init` writes a params.yaml with every section")
                     node = node[part]
 
-    def secret_key(self) -> bytes:
-        """The HMAC key for subject and file pseudonyms: UNLEARNFLOW_SUBJECT_KEY, else
-        .unlearnflow/subject.key (git-ignored), created with 32 random bytes on first use."""
-        env = os.environ.get("UNLEARNFLOW_SUBJECT_KEY")
-        if env:
-            return env.encode()
-        path = self.layout.private / "subject.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-                f.flush()
-                os.fsync(f.fileno())
-        return path.read_text().strip().encode()
+    # ---- keys: see unlearnflow/keys.py; what identifies them is committed in lineage/keys.json
+
+    def key_record(self) -> KeyRecord:
+        return read_record(self.layout.keys)
+
+    def secret_key(self, cfg: DataConfig) -> bytes:
+        """The HMAC key for subject and file pseudonyms. Data that names nobody needs none (the
+        public ``SYNTHETIC_KEY``). An image folder's is UNLEARNFLOW_SUBJECT_KEY, else
+        .unlearnflow/subject.key, and must have the fingerprint lineage/keys.json records: a missing
+        or different key is refused (``KeyMissing``, ``WrongKey``), never replaced, once the
+        workspace holds pseudonymised data; a key is created only before that."""
+        if not needs_secret_key(cfg):
+            return SYNTHETIC_KEY
+        text, recorded = self.subject_key_here(), self.recorded_subject_key_id()
+        if text is None:
+            if recorded is not None or self._holds_pseudonymised_data():
+                raise KeyMissing(_SUBJECT_KEY_HELP.format(
+                    problem=f"the subject key is missing (this workspace's pseudonyms were made with key "
+                            f"{recorded or '(not recorded)'}, lineage/keys.json)", path=self.layout.subject_key))
+            text = _create_key_file(self.layout.subject_key, secrets.token_hex(32))
+        key = text.encode()
+        if recorded is not None and key_id(key) != recorded:
+            source = "UNLEARNFLOW_SUBJECT_KEY" if os.environ.get("UNLEARNFLOW_SUBJECT_KEY") else self.layout.subject_key
+            raise WrongKey(_SUBJECT_KEY_HELP.format(
+                problem=f"the subject key in {source} (fingerprint {key_id(key)}) is not the one this workspace's "
+                        f"pseudonyms were made with ({recorded}, lineage/keys.json)", path=self.layout.subject_key))
+        record = self.key_record()
+        if record.subject_key_id is None:
+            write_record(self.layout.keys, record.bound("subject", key_id(key)))
+        return key
+
+    def subject_key_here(self) -> str | None:
+        """The subject key this process would use (not checked): UNLEARNFLOW_SUBJECT_KEY, else the file."""
+        return os.environ.get("UNLEARNFLOW_SUBJECT_KEY") or _read_key_file(self.layout.subject_key)
+
+    def recorded_subject_key_id(self) -> str | None:
+        """The fingerprint of the key the workspace's pseudonyms were made with: lineage/keys.json's,
+        or in a workspace made before that file, the one its prepared data records (None: not yet)."""
+        return self.key_record().subject_key_id or self._subject_key_id_of_prepared_data()
 
     def signing_key(self) -> bytes:
         """The Ed25519 key that signs certificates: UNLEARNFLOW_SIGNING_KEY (64 hex digits), else
-        .unlearnflow/signing.key (git-ignored), created on first use. Back it up like the subject key."""
-        env = os.environ.get("UNLEARNFLOW_SIGNING_KEY")
-        if env:
-            try:
-                key = bytes.fromhex(env.strip())
-            except ValueError:
-                key = b""
-            if len(key) != 32:
-                raise ConfigError("UNLEARNFLOW_SIGNING_KEY must be 64 hex digits (a raw Ed25519 private key)")
-            return key
-        path = self.layout.signing_key
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process created it just now
-                return bytes.fromhex(path.read_text().strip())
-            with os.fdopen(fd, "w") as f:
-                f.write(signing.new_private_key().hex())
-                f.flush()
-                os.fsync(f.fileno())
-        return bytes.fromhex(path.read_text().strip())
+        .unlearnflow/signing.key. Its public key must be the one lineage/keys.json records (or, in
+        a workspace made before that file, the one the certificates were signed with); a missing
+        or different key is refused, never replaced: `unlearnflow keys rotate signing` does that."""
+        key, recorded = self._signing_key_here(), self.recorded_signer()
+        if key is None:
+            if recorded is not None:
+                raise KeyMissing(_SIGNING_KEY_HELP.format(
+                    problem=f"the signing key is missing (this workspace's certificates are signed by "
+                            f"{recorded[:12]}…, lineage/keys.json)", path=self.layout.signing_key))
+            key = bytes.fromhex(_create_key_file(self.layout.signing_key, signing.new_private_key().hex()))
+        public = signing.public_key(key)
+        if recorded is not None and public != recorded:
+            source = "UNLEARNFLOW_SIGNING_KEY" if os.environ.get("UNLEARNFLOW_SIGNING_KEY") else self.layout.signing_key
+            raise WrongKey(_SIGNING_KEY_HELP.format(
+                problem=f"the signing key in {source} (public key {public[:12]}…) is not the one this workspace's "
+                        f"certificates are signed with ({recorded[:12]}…, lineage/keys.json)",
+                path=self.layout.signing_key))
+        record = self.key_record()
+        if record.signing_public_key is None:
+            write_record(self.layout.keys, record.bound("signing", public))
+        return key
+
+    def held_signing_key(self) -> bytes | None:
+        """The signing key here if it is the workspace's (nothing is created or refused)."""
+        key, recorded = self._signing_key_here(), self.recorded_signer()
+        return key if key is not None and signing.public_key(key) == recorded else None
 
     def public_key(self) -> str | None:
-        """This workspace's certificate-signing public key, or None if it has no key yet."""
-        if not os.environ.get("UNLEARNFLOW_SIGNING_KEY") and not self.layout.signing_key.exists():
-            return None
-        return signing.public_key(self.signing_key())
+        """The public key of the signing key available here (not checked), or None if there is none."""
+        key = self._signing_key_here()
+        return signing.public_key(key) if key else None
+
+    def recorded_signer(self) -> str | None:
+        """The public key the workspace's certificates must be signed with: lineage/keys.json's, or in
+        a workspace made before that file, the one its newest certificate names (None: no key yet)."""
+        record = self.key_record()
+        if record.signing_public_key:
+            return record.signing_public_key
+        from unlearnflow.certificates import certificate_files
+
+        files = certificate_files(self.layout.certificates)
+        return json.loads(files[-1].read_text()).get("signer_public_key") if files else None
+
+    def _signing_key_here(self) -> bytes | None:
+        return _signing_key_from_env() or _hex_key(_read_key_file(self.layout.signing_key), self.layout.signing_key)
+
+    def _subject_key_id_of_prepared_data(self) -> str | None:
+        """A workspace made before lineage/keys.json: the fingerprint its prepared data records."""
+        summary = self.layout.prepared_summary
+        if summary.is_file():
+            prepared = json.loads(summary.read_text())
+            if prepared.get("subject_key") == "secret":
+                return prepared.get("subject_key_id")
+        return None
+
+    def _holds_pseudonymised_data(self) -> bool:
+        """Requests filed, or data prepared (here or, for a clone, in dvc.lock)."""
+        ledger = self.layout.ledger
+        return (ledger.is_file() and ledger.stat().st_size > 0) or self.layout.prepared_summary.is_file() \
+            or (self.root / "dvc.lock").is_file()
+
+    def refuse_during_rotation(self) -> None:
+        """A request filed while a key is being rotated could be pseudonymised under the old key
+        after the rotation re-keyed the ledger: filing (the one writer that does not take the
+        workspace lock) waits for the rotation instead."""
+        state = self.journal().read()
+        if state and state.get("kind") == "rotate":
+            raise UnlearnflowError(
+                f"the {state['key']} key of this workspace is being rotated (or a rotation was interrupted); "
+                f"nothing was filed. Run again when `unlearnflow keys rotate` has finished (after an interruption, "
+                f"`unlearnflow keys rotate {state['key']} --yes` finishes it)")
 
     def ledger(self) -> Ledger:
-        return Ledger(self.layout.ledger, aside_dir=self.layout.private / "ledger-torn")
+        return Ledger(self.layout.ledger, aside_dir=self.layout.private / "ledger-torn",
+                      committed=self._committed_ledger, depends=self._relies_on_ledger)
+
+    def _committed_ledger(self) -> bytes | None:
+        """The ledger as git's HEAD holds it (None: not committed, or not a git repository)."""
+        import subprocess
+
+        proc = subprocess.run(["git", "show", f"HEAD:{self.layout.rel(self.layout.ledger)}"], cwd=self.root,
+                              capture_output=True)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def _relies_on_ledger(self, state) -> str | None:
+        """What durable state relies on an event ``state`` lacks (see ``Ledger``): a certificate
+        listing a request the ledger does not show done, or a step the journal records as done."""
+        from unlearnflow.certificates import certificate_files
+
+        for path in certificate_files(self.layout.certificates):
+            for rid in (r["request_id"] for r in json.loads(path.read_text()).get("requests", [])):
+                known = state.requests.get(rid)
+                if known is None or known.status == "pending":
+                    return (f"certificate {path.name} lists request {rid}, which the ledger "
+                            f"{'lacks' if known is None else 'does not show resolved'}")
+        journal = self.journal().read() or {}
+        for rid in journal.get("request_ids", []) if journal.get("kind") == "erase" else []:
+            known = state.requests.get(rid)
+            if known is None:
+                return f"the interrupted erasure {journal['erasure_id']} (journal) includes request {rid}, " \
+                       f"which the ledger lacks"
+            if "resolved" in journal["steps"] and known.status == "pending":
+                return f"the journal records the resolution of request {rid} (erasure {journal['erasure_id']}) as done"
+        if journal.get("kind") == "rotate" and "rekeyed" in journal["steps"]:
+            for rid in journal.get("rekeyed", {}):
+                if getattr(state.requests.get(rid), "status", None) != "rekeyed":
+                    return f"the journal records request {rid} as re-keyed by the key rotation, the ledger does not"
+        return None
 
     def journal(self) -> Journal:
         return Journal(self.layout.journal)
 
     def lock(self, command: str, wait: bool = True, notify=None) -> WorkspaceLock:
         """One writer at a time (see ``unlearnflow.durable.WorkspaceLock``)."""
-        return WorkspaceLock(self.layout.private / "lock", command, wait=wait, notify=notify)
+        return WorkspaceLock(self.layout.workspace_lock, command, wait=wait, notify=notify)
 
     def check_location(self) -> None:
         """Refuse to write in a copy (or a move) of a workspace whose SQLite MLflow store still
@@ -219,6 +322,50 @@ class Workspace:
 
 
 _ANSWERED: set[str] = set()  # tracking servers that answered once in this process
+
+_SUBJECT_KEY_HELP = (
+    "{problem}: requests cannot be matched to people without it, and a new key would re-key every person "
+    "and retrain every shard. Nothing was filed or trained. Restore the key from your backup into {path} "
+    "or set UNLEARNFLOW_SUBJECT_KEY to it (`unlearnflow keys` shows what this workspace expects)")
+_SIGNING_KEY_HELP = (
+    "{problem}: a new key would break the certificate chain. Nothing was filed or trained. Restore the key "
+    "from your backup into {path} or set UNLEARNFLOW_SIGNING_KEY to it; if it is lost for good, "
+    "`unlearnflow keys rotate signing --yes` records a new one in the chain")
+
+
+def _read_key_file(path: Path) -> str | None:
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _create_key_file(path: Path, text: str) -> str:
+    """Write a new key file (0600, durable); if another process just made one, that one wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return text
+
+
+def _hex_key(text: str | None, where) -> bytes | None:
+    """A raw Ed25519 private key written as 64 hex digits (None stays None)."""
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{where} must hold 64 hex digits (a raw Ed25519 private key)")
+    return key
+
+
+def _signing_key_from_env() -> bytes | None:
+    return _hex_key(os.environ.get("UNLEARNFLOW_SIGNING_KEY") or None, "UNLEARNFLOW_SIGNING_KEY")
 
 
 class ServerUnavailable(UnlearnflowError):

@@ -114,3 +114,46 @@ def test_reports_hold_no_dict_text_ansi_codes_or_prefect_lines_unless_verbose(pr
     second = next(s for s in _subjects(ws) if s != subject)
     verbose = _run(ws.root, prefect_server, "forget", "--subject", second, "--verbose")
     assert THEIR_LINES.search(verbose), verbose  # --verbose brings them back
+
+
+@pytest.mark.slow
+def test_an_error_raised_inside_a_flow_is_one_line_and_prefects_lines_go_to_a_file(prefect_server, tmp_path):
+    from flows.train import run_train
+    from test_pipeline_integration import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    run_train(str(ws.root))
+    subjects = ws.training_subjects(ws.load_params())
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "UNLEARNFLOW_FAIL_AT": "purge"}  # a task raises
+    proc = subprocess.run([str(BIN / "unlearnflow"), "forget", "--subject", subjects[0], "-C", str(ws.root)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(said) == 1, proc.stderr
+    assert "injected fault at purge" in said[0]
+    assert "Traceback" not in proc.stdout + proc.stderr and "ERROR" not in proc.stdout + proc.stderr, proc.stderr
+    log = Path(said[0].rsplit("Prefect's log of the run: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "ERROR" in log.read_text()  # where they went instead
+    proc = subprocess.run([str(BIN / "unlearnflow"), "erase", "--verbose", "-C", str(ws.root)],
+                          env=env, capture_output=True, text=True, timeout=600)  # recovery meets the fault again
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "ERROR" in proc.stderr, proc.stderr
+    env.pop("UNLEARNFLOW_FAIL_AT")
+    proc = subprocess.run([str(BIN / "unlearnflow"), "erase", "-C", str(ws.root)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "finishing it first" in proc.stderr, proc.stderr  # nothing was lost
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_text("not a folder"), "is a file, not a folder"),
+    (lambda p: p.mkdir(), "holds no images in class sub-folders"),
+    (lambda p: (p / "referee").mkdir(parents=True), "holds no images in class sub-folders"),
+])
+def test_init_refuses_an_image_folder_that_is_not_one(tmp_path, capsys, make, expected):
+    photos = tmp_path / "photos"
+    make(photos)
+    target = tmp_path / "ws"
+    assert cli("init", str(target), "--dataset", f"imagefolder:{photos}") == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and str(photos) in said[0] and expected in said[0] and "expected a folder" in said[0], err
+    assert not target.exists()  # nothing created

@@ -14,7 +14,7 @@ import pytest
 from unlearnflow import certificates, signing
 from unlearnflow.durable import Journal, WorkspaceBusy, WorkspaceLock, atomic_write
 from unlearnflow.hashing import canonical_json
-from unlearnflow.ledger import Ledger, LedgerError, Request
+from unlearnflow.ledger import Ledger, LedgerDamaged, LedgerError, Request
 
 T = "2026-01-01T00:00:00+00:00"
 KEY = bytes(range(32))
@@ -73,6 +73,61 @@ def test_a_damaged_line_in_the_middle_is_an_error_that_names_it(tmp_path):
         ledger.read()
 
 
+# ---- issue 23: a damaged acknowledged line is not a torn write ---------------------------------
+
+def resolve_all(ledger: Ledger) -> bytes:
+    """Three requests filed and resolved: what git committed after their erasure."""
+    for i in range(3):
+        rid = ledger.file(filed(i), T)[0]
+        ledger.record([{"event": "resolved", "request_id": rid, "records": [f"rec{i}"]}])
+    return ledger.path.read_bytes()
+
+
+def certified(state) -> str | None:
+    """A certificate lists every request filed so far: each must show resolved."""
+    waiting = [rid for rid, r in state.requests.items() if r.status != "resolved"]
+    return f"certificate 0001-e.json lists request {waiting[0]}" if waiting else None
+
+
+def test_a_damaged_acknowledged_line_is_restored_from_the_committed_copy(tmp_path):
+    ledger = Ledger(tmp_path / "ledger" / "requests.jsonl", aside_dir=tmp_path / "aside")
+    committed = resolve_all(ledger)
+    ledger = Ledger(ledger.path, aside_dir=tmp_path / "aside", committed=lambda: committed, depends=certified)
+    ledger.path.write_bytes(committed[:-12])  # the last `resolved` line cut after the fact
+    rid = ledger.file(filed(7), T)[0]
+    assert ledger.restored == (6,) and ledger.set_aside is None and not (tmp_path / "aside").exists()
+    assert ledger.path.read_bytes().startswith(committed)
+    assert ledger.read().requests[rid].status == "pending" and len(ledger.read().erased_records()) == 3
+
+
+def test_a_damaged_acknowledged_line_git_does_not_hold_is_refused_and_left_as_it_is(tmp_path):
+    ledger = Ledger(tmp_path / "ledger" / "requests.jsonl", aside_dir=tmp_path / "aside")
+    data = resolve_all(ledger)
+    ledger = Ledger(ledger.path, aside_dir=tmp_path / "aside", committed=lambda: None, depends=certified)
+    ledger.path.write_bytes(data[:-12])
+    rid = json.loads(data.splitlines()[-1])["request_id"]
+    with pytest.raises(LedgerDamaged, match=rf"requests.jsonl line 6 \(request {rid}\) is damaged, and certificate "
+                                            r"0001-e.json lists request .* `git checkout -- ledger/requests.jsonl`"):
+        ledger.file(filed(7), T)
+    assert ledger.path.read_bytes() == data[:-12] and not (tmp_path / "aside").exists()
+    assert ledger.problems() == [f"the ledger and the lineage disagree: certificate 0001-e.json lists request {rid}"]
+
+
+def test_a_damaged_middle_line_is_restored_from_git_and_a_copy_that_disagrees_is_not_used(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl")
+    data = resolve_all(ledger)
+    lines = data.splitlines(keepends=True)
+    damaged = b"".join(lines[:2] + [lines[2][:-30] + b"\n"] + lines[3:])
+    ledger.path.write_bytes(damaged)
+    other = b"".join(lines[:1] + [lines[0]] + lines[2:])  # not this ledger: its line 2 differs from ours
+    with pytest.raises(LedgerDamaged, match="line 3"):
+        Ledger(ledger.path, committed=lambda: other).file(filed(7), T)
+    assert ledger.path.read_bytes() == damaged
+    mended = Ledger(ledger.path, committed=lambda: data)
+    mended.file(filed(7), T)
+    assert mended.restored == (3,) and mended.path.read_bytes().startswith(data)
+
+
 def test_filing_is_acknowledged_only_with_the_complete_line_on_disk(tmp_path):
     ledger = Ledger(tmp_path / "requests.jsonl")
     rid, new = ledger.file(filed(0), T)
@@ -102,6 +157,31 @@ def test_a_chain_signed_by_another_key_is_reported(tmp_path):
     write_chain(tmp_path, 1)
     other = signing.public_key(signing.new_private_key())
     assert "not this workspace's" in certificates.verify_chain(tmp_path, other)[0]
+
+
+def test_a_key_changes_only_by_a_rotation_entry_endorsed_by_the_key_it_replaces(tmp_path):
+    new = signing.new_private_key()
+    write_chain(tmp_path, 2)
+    certificates.write_rotation(tmp_path, "k1", T, signing.public_key(KEY), new, old_key=KEY, reason="rotation")
+    certificates.write_certificate(tmp_path, {"erasure_id": "e9", "requests": [{"request_id": "r9"}]}, new)
+    assert certificates.verify_chain(tmp_path, signing.public_key(new)) == []
+    assert "is not this workspace's" in certificates.verify_chain(tmp_path, signing.public_key(KEY))[0]
+    assert [c["erasure_id"] for c in map(lambda p: json.loads(p.read_text()), certificates.erasure_files(tmp_path))] \
+        == ["e0", "e1", "e9"]
+
+
+def test_a_key_changed_without_a_rotation_entry_or_with_a_forged_endorsement_is_reported(tmp_path):
+    new = signing.new_private_key()
+    write_chain(tmp_path, 1)
+    certificates.write_certificate(tmp_path, {"erasure_id": "e9", "requests": []}, new)  # a new key, silently
+    assert "the key in force there" in certificates.verify_chain(tmp_path)[0]
+    forged = tmp_path / "forged"
+    write_chain(forged, 1)
+    thief = signing.new_private_key()  # claims the old key endorsed it, signing the endorsement itself
+    path = certificates._append(forged, "k1", {"kind": certificates.ROTATION, "rotation_id": "k1", "created_at": T,
+                                               "reason": "", "previous_signer_public_key": signing.public_key(KEY),
+                                               "endorsed_by_previous_key": True}, thief, endorsing_key=thief)
+    assert certificates.verify_chain(forged) == [f"{path.name}: its endorsement is not the previous key's signature"]
 
 
 # ---- issue 10, defect 2: what a certificate says comes from the state -------------------

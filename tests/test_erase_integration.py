@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import REPO_ROOT, cli
 from tasks import lineage
 from tasks.store import client_for
 from tasks.workspace import Workspace
@@ -62,26 +62,27 @@ def erased(prefect_server, tmp_path_factory):
     photos = base / "photos"
     subjects_csv = make_photos(photos)
     ws_root = base / "workspace"
+    overrides = {"subjects_csv": str(subjects_csv), "image_size": 12, "test_fraction": 0.15, "holdout_fraction": 0.15}
+    # The secret key decides where a person's records land; pick one that puts the player in
+    # the training split (a real workspace gets a random key from `init`), and give it to init.
+    from unlearnflow.config import parse_params
+    from unlearnflow.pseudonyms import pseudonym
+    from unlearnflow.records import split_of
+
+    template = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    data_cfg = parse_params({**template, "data": {**template["data"], **overrides}}).data
+    key = next(f"hockey-key-{i}" for i in range(100)
+               if split_of(pseudonym(f"hockey-key-{i}".encode(), "player-17"), data_cfg) == "train")
+    os.environ["UNLEARNFLOW_SUBJECT_KEY"] = key
     assert cli("init", str(ws_root), "--dataset", f"imagefolder:{photos}", "--model", "mlp") == 0
     params = yaml.safe_load((ws_root / "params.yaml").read_text())
-    params["data"].update({"subjects_csv": str(subjects_csv), "image_size": 12, "test_fraction": 0.15,
-                           "holdout_fraction": 0.15})
+    params["data"].update(overrides)
     params["partition"].update({"shards": [0, 1, 2], "slices": 3})
     params["train"].update({"epochs": 4, "augment": False})
     params["promote"]["min_test_accuracy"] = 0.0
     (ws_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     lineage.git(ws_root, *lineage.GIT_IDENTITY, "commit", "-qam", "hockey params")
     ws = Workspace(ws_root)
-    # The secret key decides where a person's records land; pick one that puts the
-    # player in the training split (a real workspace gets a random key on first use).
-    from unlearnflow.config import parse_params
-    from unlearnflow.pseudonyms import pseudonym
-    from unlearnflow.records import split_of
-
-    data_cfg = parse_params(params).data
-    key = next(f"hockey-key-{i}" for i in range(100)
-               if split_of(pseudonym(f"hockey-key-{i}".encode(), "player-17"), data_cfg) == "train")
-    os.environ["UNLEARNFLOW_SUBJECT_KEY"] = key
     trained = run_train(str(ws_root))
 
     layout = Layout(ws_root)

@@ -118,7 +118,7 @@ def test_imagefolder_reads_classes_files_and_subjects(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("imagefolder", "needs a path"),
-    ("imagefolder:/nonexistent/dir", "is not a directory"),
+    ("imagefolder:/nonexistent/dir", "/nonexistent/dir does not exist; expected a folder"),
     ("mnist6k", "unknown dataset 'mnist6k'; valid choices: 'cifar10', 'digits'"),
 ])
 def test_bad_dataset_specs_fail_with_a_clear_message(spec, message):

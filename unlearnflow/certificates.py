@@ -10,6 +10,11 @@ certificate file's bytes, so editing or removing any certificate breaks every la
 link; ``signature`` is the workspace key's Ed25519 signature over the rest
 (``signing.py``), so even the newest one cannot be rewritten unseen. The same file is
 committed to git and logged to MLflow; ``verify`` compares all three.
+
+The signing key changes only by a key-rotation entry in the same chain
+(``NNNN-k<id>.json``, ``kind: key_rotation``): it names the key it replaces and the new
+one, is signed by the new key and, when the old key was still at hand, endorsed by it
+(``endorsement``). Every certificate must be signed by the key in force at its place.
 """
 
 from __future__ import annotations
@@ -28,8 +33,16 @@ def certificate_files(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("[0-9][0-9][0-9][0-9]-*.json"))
 
 
+ROTATION = "key_rotation"  # the ``kind`` of a key-rotation entry (erasure certificates have none)
+
+
+def erasure_files(directory: Path) -> list[Path]:
+    """The erasure certificates of the chain (key-rotation entries left out)."""
+    return [p for p in certificate_files(directory) if json.loads(p.read_text()).get("kind") != ROTATION]
+
+
 def latest(directory: Path) -> dict | None:
-    files = certificate_files(directory)
+    files = erasure_files(directory)
     return json.loads(files[-1].read_text()) if files else None
 
 
@@ -63,6 +76,19 @@ def affected_shards(before: dict, after: dict) -> dict:
 def write_certificate(directory: Path, body: dict, private_key: bytes) -> Path:
     """Append the next certificate to the chain, signed; returns its path. Atomic: a crash
     leaves either no certificate or the whole one."""
+    return _append(directory, body["erasure_id"], body, private_key)
+
+
+def write_rotation(directory: Path, rotation_id: str, created_at: str, previous_public_key: str | None,
+                   new_key: bytes, old_key: bytes | None = None, reason: str = "") -> Path:
+    """Append a key-rotation entry: signed by ``new_key`` and, if ``old_key`` is given (it must
+    be the key in force), endorsed by it."""
+    body = {"kind": ROTATION, "rotation_id": rotation_id, "created_at": created_at, "reason": reason,
+            "previous_signer_public_key": previous_public_key, "endorsed_by_previous_key": old_key is not None}
+    return _append(directory, rotation_id, body, new_key, old_key)
+
+
+def _append(directory: Path, name: str, body: dict, private_key: bytes, endorsing_key: bytes | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = certificate_files(directory)
@@ -73,17 +99,20 @@ def write_certificate(directory: Path, body: dict, private_key: bytes) -> Path:
         "signer_public_key": signing.public_key(private_key),
         **body,
     }
+    if endorsing_key is not None:
+        cert["endorsement"] = signing.sign(endorsing_key, cert)
     cert["signature"] = signing.sign(private_key, cert)
-    path = directory / f"{cert['sequence']:04d}-{body['erasure_id']}.json"
+    path = directory / f"{cert['sequence']:04d}-{name}.json"
     atomic_write(path, canonical_json(cert) + b"\n")
     return path
 
 
 def verify_chain(directory: Path, public_key: str | None = None) -> list[str]:
     """Problems with the chain (empty list = intact): sequence, links, canonical form and,
-    for signed certificates, the signature (by ``public_key`` when given)."""
+    for signed certificates, the signature by the key in force there (the first signer's, then
+    each key-rotation entry's); the key in force at the end must be ``public_key`` when given."""
     problems = []
-    previous = None
+    previous, in_force = None, None
     for n, path in enumerate(certificate_files(directory), 1):
         try:
             cert = json.loads(path.read_text())
@@ -102,10 +131,36 @@ def verify_chain(directory: Path, public_key: str | None = None) -> list[str]:
             signer = cert.get("signer_public_key")
             if not signer or not signing.verify(signer, cert):
                 problems.append(f"{path.name}: signature does not match its content")
-            elif public_key and signer != public_key:
-                problems.append(f"{path.name}: signed by key {signer[:12]}…, not this workspace's {public_key[:12]}…")
+            elif cert.get("kind") == ROTATION:
+                problems += _rotation_problems(path.name, cert, in_force)
+                in_force = signer
+            elif in_force and signer != in_force:
+                problems.append(f"{path.name}: signed by key {signer[:12]}…, not {in_force[:12]}…, the key in force "
+                                f"there (a key changes only by a key-rotation entry)")
+            in_force = in_force or signer
         previous = path
+    if public_key and in_force and in_force != public_key:
+        problems.append(f"the chain's key {in_force[:12]}… is not this workspace's {public_key[:12]}…")
     return problems
+
+
+def _rotation_problems(name: str, cert: dict, in_force: str | None) -> list[str]:
+    """A key-rotation entry must replace the key in force, and its endorsement (if it claims one)
+    must be that key's signature over the entry."""
+    previous = cert.get("previous_signer_public_key")
+    if in_force and previous != in_force:
+        return [f"{name}: rotates away from key {str(previous)[:12]}…, but the key in force there is {in_force[:12]}…"]
+    if cert.get("endorsed_by_previous_key"):
+        endorsed = {k: v for k, v in cert.items() if k not in ("signature", "endorsement")}
+        if not previous or not signing.verify(previous, {**endorsed, "signature": cert.get("endorsement")}):
+            return [f"{name}: its endorsement is not the previous key's signature"]
+    return []
+
+
+def rotations(directory: Path) -> list[dict]:
+    """The key-rotation entries of the chain, oldest first."""
+    return [json.loads(p.read_text()) for p in certificate_files(directory)
+            if json.loads(p.read_text()).get("kind") == ROTATION]
 
 
 def completed_requests(directory: Path) -> set[str]:

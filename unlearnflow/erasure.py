@@ -33,6 +33,13 @@ def subjects_are_personal(cfg: DataConfig) -> bool:
     return cfg.dataset_name == "imagefolder" and cfg.subjects_csv is not None
 
 
+def needs_secret_key(cfg: DataConfig) -> bool:
+    """Whether the data's pseudonyms need the workspace's secret key: an image folder's file
+    names (and, with a subjects CSV, its people) are personal data. Packaged datasets name
+    nobody: their pseudonyms use the public ``SYNTHETIC_KEY``, so they reproduce anywhere."""
+    return cfg.dataset_name == "imagefolder"
+
+
 def make_request(kind: str, cfg: DataConfig, secret_key: bytes, subjects=(), records=(), files=(),
                  label: int | None = None) -> Request:
     """A request from raw identifiers; subjects and file names become pseudonyms here."""
@@ -48,6 +55,17 @@ def load_pseudonymized(cfg: DataConfig, secret_key: bytes, cache_dir=None) -> Re
     key = subject_key(records.personal_subjects, secret_key)
     of = {s: pseudonym(key, s) for s in set(records.subject_ids)}  # once per subject, not per record
     return records.with_subjects(of[s] for s in records.subject_ids)
+
+
+def rekeying(cfg: DataConfig, old_key: bytes, new_key: bytes, cache_dir=None) -> dict[str, str]:
+    """What a subject-key rotation changes: {pseudonym under ``old_key``: pseudonym under
+    ``new_key``} for every subject of the source whose pseudonym is keyed (personal subjects)
+    and every file name (path and base name), from the raw identities the source holds."""
+    records = load_dataset(cfg, cache_dir)
+    names = {n for source in set(records.sources) for n in (source, PurePosixPath(source).name)}
+    if records.personal_subjects:
+        names |= set(records.subject_ids)
+    return {pseudonym(old_key, n): pseudonym(new_key, n) for n in names}
 
 
 def file_pseudonyms(source: str, secret_key: bytes) -> set[str]:

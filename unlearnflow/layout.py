@@ -12,6 +12,7 @@
     lineage/certificates/<n>-<erasure>.json         (git)      hash-chained erasure certificates
     lineage/audits/<erasure>.png                    (git)      each erasure's confidence histogram
     lineage/approximations/<n>-<id>.json            (git)      one record per fast-path (approximate) version
+    lineage/keys.json                               (git)      the subject key's fingerprint, the signing public key
     .unlearnflow/                                   (ignored)  subject and signing keys, tombstones of erased
                                                                records, the journal, the workspace lock
 """
@@ -49,6 +50,7 @@ class Layout:
     approximations = _at("lineage", "approximations",
                          doc="One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json.")
     audits = _at("lineage", "audits", doc="The confidence histogram of each erasure's audit: <erasure id>.png.")
+    keys = _at("lineage", "keys.json", doc="What identifies the workspace's keys without revealing them (``keys.py``).")
 
     # workspace state that must never enter git
     private = _at(".unlearnflow", doc="Workspace state that must never enter git: keys, tombstones, caches.")
@@ -60,14 +62,16 @@ class Layout:
     ingest_cache = _at(".unlearnflow", "ingest",
                        doc="What dataset adapters derived from the source (imagefolder: decoded pixels, ids).")
     tombstones = _at(".unlearnflow", "tombstones.jsonl")
+    subject_key = _at(".unlearnflow", "subject.key")
     signing_key = _at(".unlearnflow", "signing.key")
+    workspace_lock = _at(".unlearnflow", "lock", doc="One writer at a time (``durable.WorkspaceLock``).")
     journal = _at(".unlearnflow", "journal.json",
                   doc="The erasure (or fast path) in progress, if any: what an interrupted one had done.")
 
     @property
     def git_tracked(self) -> list[Path]:
         """What git versions beside dvc.lock: the ledger and every lineage record."""
-        return [self.ledger, self.certificates, self.audits, self.approximations]
+        return [self.ledger, self.keys, self.certificates, self.audits, self.approximations]
 
     def split_dir(self, split: str) -> Path:
         return self.prepared / split

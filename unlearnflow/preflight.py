@@ -17,6 +17,15 @@ def check_names(params: Params) -> None:
     AGGREGATORS.get(params.aggregate.method)
 
 
+def check_source(params: Params) -> None:
+    """The data's source is there: an image folder exists and holds images in class sub-folders
+    (what ``init`` checks before it creates anything). Other datasets ship with the code."""
+    if params.data.dataset_name == "imagefolder":
+        from unlearnflow.datasets.imagefolder import list_folder
+
+        list_folder(params.data.dataset_arg)
+
+
 def preflight(params: Params, cache_dir=None) -> dict:
     """Validate names, load the data once and check the partition can be made.
     ``cache_dir``: the workspace's ingest cache, if any."""

@@ -20,6 +20,7 @@ from unlearnflow.aggregators import AGGREGATORS, aggregate
 from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.checkpoints import CheckpointStore
 from unlearnflow.devices import resolve
+from unlearnflow.errors import ConfigError
 from unlearnflow.erasure import apply_requests, check_tombstones, load_pseudonymized
 from unlearnflow.ensemble import Ensemble, constituent_bytes
 from unlearnflow.hashing import md5_file
@@ -179,6 +180,9 @@ def evaluate_stage(layout: Layout, device: str = "auto") -> dict:
     ensemble = load_ensemble(layout)  # checks the constituents' md5s
     paths = [str(layout.root / c["path"]) for c in json.loads(layout.ensemble.read_text())["constituents"]]
     test = load_split(layout, "test")
+    if not len(test):
+        raise ConfigError("the test split is empty: data.test_fraction drew none of this dataset's subjects "
+                          "(splits are drawn per subject, from their pseudonyms); raise data.test_fraction")
     probs = np.stack(OutputCache(layout.outputs_cache, resolve(device)).probabilities(paths, test))  # (S, N, K)
 
     by_method = {m: accuracy(aggregate(probs, m).argmax(1), test.labels) for m in AGGREGATORS.names()}

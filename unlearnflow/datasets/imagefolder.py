@@ -44,6 +44,32 @@ def read_subjects_csv(path: Path) -> dict[str, str]:
         return {row["file"].strip(): row["subject"].strip() for row in reader}
 
 
+EXPECTED = "a folder with one sub-folder of images per class (PATH/<class>/<image>.jpg, .png, …)"
+
+
+def list_folder(arg: str | None):
+    """torchvision's ``ImageFolder`` over ``arg`` (it lists the files and reads none), or a
+    ConfigError naming the path and what was expected."""
+    if not arg:
+        raise ConfigError("data.dataset = 'imagefolder' needs a path: write 'imagefolder:PATH'")
+    root = Path(arg)
+    if not root.exists():
+        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {root} does not exist; expected {EXPECTED}")
+    if not root.is_dir():
+        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {root} is a file, not a folder; expected {EXPECTED}")
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        reason = str(e).split(". Supported extensions")[0].rstrip(".")
+        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {root} holds no images in class sub-folders "
+                          f"({reason}); expected {EXPECTED}") from None
+    if not folder.samples:
+        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {root} holds no images; expected {EXPECTED}")
+    return folder
+
+
 @register_dataset("imagefolder")
 def load_imagefolder(cfg: DataConfig, arg: str | None, cache_dir: Path | None = None) -> RecordSet:
     return ingest(cfg, arg, cache_dir)[0]
@@ -55,19 +81,8 @@ def ingest(cfg: DataConfig, arg: str | None, cache_dir: Path | None = None) -> t
     size, mtime and class are unchanged is neither read nor hashed again: preparing the
     data after an erasure costs in proportion to what changed. The cache then holds
     exactly the files present now (an erased, deleted file leaves it on the next ingest)."""
-    if not arg:
-        raise ConfigError("data.dataset = 'imagefolder' needs a path: write 'imagefolder:PATH'")
+    folder = list_folder(arg)
     root = Path(arg)
-    if not root.is_dir():
-        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {root} is not a directory")
-    from torchvision.datasets import ImageFolder
-
-    try:
-        folder = ImageFolder(str(root))  # lists the files; reads none
-    except (FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(f"data.dataset = 'imagefolder:{arg}': {e}") from e
-    if not folder.samples:
-        raise ConfigError(f"data.dataset = 'imagefolder:{arg}' holds no images")
     subjects = read_subjects_csv(Path(cfg.subjects_csv)) if cfg.subjects_csv else {}
     size = cfg.image_size
     files = []  # (path, rel, label, size, mtime_ns)
