@@ -247,7 +247,8 @@ def cmd_keys(args) -> int:
     if args.key is None:
         raise ConfigError("name the key to rotate: `unlearnflow keys rotate subject` or `unlearnflow keys rotate "
                           "signing`")
-    report.rotation_plan(args.key, keys.plan(ws, params, args.key), confirmed=args.yes)
+    if (ws.journal().read() or {}).get("kind") != "rotate":  # (an interrupted one is only finished)
+        report.rotation_plan(args.key, keys.plan(ws, params, args.key), confirmed=args.yes)
     if not args.yes:
         return 0
     state = keys.rotate(str(ws.root), args.key, params, reason=args.reason or "")

@@ -11,7 +11,9 @@ interrupted one is finished by the next writing command (``flows/guard.py:recove
             filed again under the new key's pseudonyms, mapped through the source's subjects and
             file names) -> switched (lineage/keys.json and .unlearnflow/subject.key hold the new
             key; the old one is gone) -> trained (pseudonyms decide each record's split and shard,
-            so every shard retrains: a new version, kind ``key_rotation``, goes to production)
+            so every shard retrains: a new version, kind ``key_rotation``, goes to production; the
+            old key's data versions leave the DVC cache and remote) -> certified (a signed entry in
+            the certificate chain says what serves now, in git and on the version's run)
   signing   begin (.unlearnflow/signing.key.new) -> entry (a key-rotation entry appended to the
             certificate chain, signed by the new key, endorsed by the old one if it is at hand)
             -> switched (lineage/keys.json, .unlearnflow/signing.key) -> recorded (the entry in an
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from tasks.erasure import advance, now
+from tasks.erasure import advance, now, state_before
 from tasks.workspace import Workspace
 from unlearnflow import certificates, signing
 from unlearnflow.config import Params
@@ -75,26 +77,28 @@ def plan(ws: Workspace, params: Params, key: str) -> list[str]:
         else None
     return [f"re-keys every subject and file name: each record's split and shard are drawn from its pseudonym, so "
             f"all {params.partition.num_shards} shards retrain from scratch"
-            + (f" (the last full training took {full:.0f} s)" if full else "") + " and a new version is registered",
+            + (f" (the last full training took {full:.1f} s)" if full else "") + " and a new version is registered",
             f"files {len(pending)} pending request(s) again under the new key (the same people, new pseudonyms)",
             "the old key is deleted once the rotation is done; the new one is written to .unlearnflow/subject.key: "
             "back it up"]
 
 
 def rotate(workspace: str, key: str, params: Params, reason: str = "") -> dict:
-    """Rotate ``key`` (subject | signing) under the workspace lock, journaled."""
+    """Rotate ``key`` (subject | signing) under the workspace lock, journaled. If a rotation of the
+    same key was interrupted, finishing it (which entering the lock does) is the whole job."""
     from flows.guard import writing
 
-    with writing(workspace, f"unlearnflow keys rotate {key}", params=params) as (ws, params):
+    interrupted = Workspace(workspace).journal().read() or {}
+    with writing(workspace, f"unlearnflow keys rotate {key}", params=params, signs=key == "subject") as (ws, params):
+        if interrupted.get("kind") == "rotate" and interrupted["key"] == key:
+            return {**interrupted, "finished_interrupted": True}
         _refuse(ws, params, key)
         if key == "subject":
-            old = key_id(ws.secret_key(params.data))
             new_key = _fresh(ws.layout.private / "subject.key.new", secrets.token_hex(32))
-            fields = {"old_id": old, "new_id": key_id(new_key.encode())}
+            fields = {"old_id": ws.recorded_subject_key_id(), "new_id": key_id(new_key.encode()), **state_before(params, str(ws.root))}
         else:
             new_key = _fresh(ws.layout.private / "signing.key.new", signing.new_private_key().hex())
-            old = ws.recorded_signer()
-            fields = {"old_public": old, "new_public": signing.public_key(bytes.fromhex(new_key)), "reason": reason}
+            fields = {"old_public": ws.recorded_signer(), "new_public": signing.public_key(bytes.fromhex(new_key)), "reason": reason}
         rotation_id = "k" + hash_json({"key": key, **fields})[:12]
         state = ws.journal().begin({"kind": "rotate", "key": key, "rotation_id": rotation_id,
                                     "started_at": now(), **fields})
@@ -118,6 +122,8 @@ def _refuse(ws: Workspace, params: Params, key: str) -> None:
     if key == "subject" and not needs_secret_key(params.data):
         raise ConfigError(f"data.dataset = {params.data.dataset!r} names nobody: its pseudonyms use a public key, "
                           f"so there is no subject key to rotate")
+    if key == "subject":
+        ws.secret_key(params.data)  # the rotation maps the old key's pseudonyms: it needs the old key
     variable = {"subject": "UNLEARNFLOW_SUBJECT_KEY", "signing": "UNLEARNFLOW_SIGNING_KEY"}[key]
     if os.environ.get(variable):
         raise ConfigError(f"{variable} is set: a rotation writes the new key to .unlearnflow/{key}.key; unset "
@@ -173,13 +179,39 @@ def _retrain(ws: Workspace, params: Params, state: dict) -> dict:
     rid = state["rotation_id"]
     done = [v for v in registered_versions(ws, params.tracking.registered_model) if v.tags.get("key_rotation_id") == rid]
     if done:  # registered by an attempt that was interrupted after that
-        return {"version": str(done[0].version)}
+        return {"version": str(done[0].version), "run_id": done[0].run_id,
+                "lineage": {k: done[0].tags[k] for k in ("dvc_lock_md5", "data_version", "git_commit")}}
     rotation = {"rotation_id": rid, "summary": f"subject key {state['old_id']} -> {state['new_id']}, every shard "
                 f"retrained", "requests_rekeyed": len(state["rekeyed"])}
     result = train_flow.with_options(task_runner=make_task_runner(params.runner))(
         workspace=str(ws.root), params=params, rotation=rotation)
-    return {"version": result["mlflow"]["version"], "promoted": result["mlflow"]["promoted"],
+    return {"version": result["mlflow"]["version"], "run_id": result["mlflow"]["run_id"],
+            "promoted": result["mlflow"]["promoted"],
+            "lineage": {k: result["lineage"][k] for k in ("dvc_lock_md5", "data_version", "git_commit")},
             "shards_trained": [s["shard"] for s in result["shards"] if s["trained_stages"]]}
+
+
+def _certify(ws: Workspace, params: Params, state: dict) -> dict:
+    """The rotation's signed entry in the certificate chain (what serves now and what changed,
+    like an erasure's certificate), logged to its version's run and committed to git."""
+    from tasks import lineage, store
+    from tasks.erasure import snapshot
+
+    if not state.get("version"):
+        return {}
+    folder, rid = ws.layout.certificates, state["rotation_id"]
+    path = certificates.find(folder, rid)
+    if path is None:
+        after = snapshot(params.partition, str(ws.root))
+        body = certificates.subject_rotation_body(
+            rotation_id=rid, created_at=state["started_at"], old_id=state["old_id"], new_id=state["new_id"],
+            rekeyed=state["rekeyed"], affected=certificates.affected_shards(state["before"], after), after=after,
+            lineage=state["lineage"], previous_version=state["previous_version"], new_version=state["version"],
+            registered_model=params.tracking.registered_model)
+        path = certificates.write_subject_rotation(folder, body, ws.signing_key())
+    store.log_artifact(ws, state["run_id"], str(path), "certificate")
+    lineage.git_commit_lineage(ws.root, f"unlearnflow keys rotate subject {rid}: {path.name}")
+    return {"entry": str(path)}
 
 
 # ---- the signing key's steps ---------------------------------------------------------------
@@ -190,8 +222,8 @@ def _entry(ws: Workspace, params: Params, state: dict) -> dict:
     if path is None:
         new = bytes.fromhex(_new_key(ws, "signing"))
         reason = state["reason"] or ("rotation" if ws.held_signing_key() else "the previous signing key was lost")
-        path = certificates.write_rotation(folder, rid, state["started_at"], state["old_public"], new,
-                                           ws.held_signing_key(), reason)
+        path = certificates.write_signing_rotation(folder, rid, state["started_at"], state["old_public"], new,
+                                                   ws.held_signing_key(), reason)
     return {"entry": str(path)}
 
 
@@ -224,5 +256,5 @@ def _install(pending, target) -> None:
         fsync_dir(target.parent)
 
 
-STEPS = {"subject": (("rekeyed", _rekey), ("switched", _switch_subject), ("trained", _retrain)),
+STEPS = {"subject": (("rekeyed", _rekey), ("switched", _switch_subject), ("trained", _retrain), ("certified", _certify)),
          "signing": (("entry", _entry), ("switched", _switch_signing), ("recorded", _record))}

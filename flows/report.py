@@ -166,7 +166,7 @@ def checks(results: list) -> None:
         print(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
 
 
-LINEAGE_COLUMNS = (("version", 7), ("created (UTC)", 20), ("kind", 11), ("guarantee", 11), ("test acc", 8),
+LINEAGE_COLUMNS = (("version", 7), ("created (UTC)", 20), ("kind", 12), ("guarantee", 11), ("test acc", 8),
                    ("data version", 12), ("git", 10), ("alias", 10))
 
 
@@ -249,13 +249,18 @@ def rotation_plan(key: str, lines: list[str], confirmed: bool) -> None:
 
 
 def rotated(state: dict) -> None:
+    if state.get("finished_interrupted"):
+        print(f"finished     the interrupted rotation {state['rotation_id']} of the {state['key']} key (no second "
+              f"rotation); `{invocation()} keys` shows the keys now")
+        return
     if state["key"] == "subject":
         print(f"rotated      subject key {state['old_id']} -> {state['new_id']} ({state['rotation_id']}); "
               f"{len(state['rekeyed'])} pending request(s) re-keyed"
               + (f": {', '.join(f'{a} -> {b}' for a, b in state['rekeyed'].items())}" if state["rekeyed"] else ""))
         if state.get("version"):
             print(f"version      v{state['version']} (kind key_rotation): shards {state.get('shards_trained')} "
-                  f"retrained; {'in production' if state.get('promoted') else 'NOT promoted (see `lineage`)'}")
+                  f"retrained; {'in production' if state.get('promoted') else 'NOT promoted (see `lineage`)'}; "
+                  f"chain entry {state['entry']}")
     else:
         print(f"rotated      signing key {state['old_public'][:12]}… -> {state['new_public'][:12]}… "
               f"({state['rotation_id']}); chain entry {state['entry']}")

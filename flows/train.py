@@ -27,7 +27,8 @@ def train_flow(workspace: str = ".", commit: bool = True, params: Params | None 
                rotation: dict | None = None) -> dict:
     """``rotation``: the retraining of a subject-key rotation (``flows/keys.py``): requests pending
     before it stay pending and do not keep its version out of production (it holds exactly the
-    data the version before it held); its run and version say what it rotated."""
+    data the version before it held); its run and version say what it rotated, and the data
+    versions made under the old key are deleted from the DVC cache and remote."""
     ws = Workspace(workspace)
     root = str(ws.root)
     params = params or ws.load_params()
@@ -40,7 +41,8 @@ def train_flow(workspace: str = ".", commit: bool = True, params: Params | None 
     what = f"unlearnflow keys rotate {rotation['rotation_id']}: {rotation['summary']}" if rotation \
         else "unlearnflow train"
     lineage = pipeline.record_lineage(root, commit, f"{what}: {len(built['shards'])} constituents, "
-                                                    f"test accuracy {metrics['ensemble_accuracy']:.4f}")
+                                                    f"test accuracy {metrics['ensemble_accuracy']:.4f}",
+                                      gc=rotation is not None)  # the old key's pseudonyms leave the DVC stores
     clock.mark("lineage")
     # a request filed while this flow trained: its records may be in this version; never serve it
     filed_meanwhile = [] if rotation else [r.request.request_id for r in ws.pending_requests()]

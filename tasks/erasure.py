@@ -70,7 +70,7 @@ def served_snapshot(stored: dict) -> dict:
 def begin(params: Params, root: str) -> dict | None:
     """The batch to erase: the interrupted one the journal names (``resumed``), else every
     pending request, journaled with the state before it. None when there is nothing to do."""
-    from tasks import lineage, registry
+    from tasks import lineage
 
     ws = Workspace(root)
     journal = ws.journal()
@@ -84,15 +84,23 @@ def begin(params: Params, root: str) -> dict | None:
     if not pending:
         return None
     lock_md5 = lineage.lock_info(ws.root)["dvc_lock_md5"] if (ws.root / "dvc.lock").exists() else ""
-    previous = registry.production_version(ws, params.tracking.registered_model)
-    served = registry.stored_constituents(ws, previous)
     ids = [r.request.request_id for r in pending]
     state = journal.begin({"kind": "erase", "erasure_id": erasure_id(ids, lock_md5), "request_ids": ids,
-                           # before = what production serves, not whatever files an interrupted run left
-                           "before": served_snapshot(served) if served else snapshot(params.partition, root),
-                           "before_dvc_lock_md5": lock_md5,
-                           "previous_version": str(previous.version) if previous else "", "started_at": now()})
+                           **state_before(params, root), "before_dvc_lock_md5": lock_md5, "started_at": now()})
     return {**advance(ws, state, "begun"), "resumed": False}
+
+
+def state_before(params: Params, root: str) -> dict:
+    """What production serves before an operation that changes constituents (an erasure, a key
+    rotation): {"before": its constituents' snapshot, "previous_version"}. The served files, not
+    whatever files an interrupted run left in the workspace."""
+    from tasks import registry
+
+    ws = Workspace(root)
+    previous = registry.production_version(ws, params.tracking.registered_model)
+    served = registry.stored_constituents(ws, previous)
+    return {"before": served_snapshot(served) if served else snapshot(params.partition, root),
+            "previous_version": str(previous.version) if previous else ""}
 
 
 @task(name="resolve-requests", cache_policy=NO_CACHE)

@@ -317,8 +317,8 @@ def log_key_rotation(ws: Workspace, params: Params, rotation_id: str, path: str,
     if run_id is None:
         experiment_id = setup(ws, params.tracking.experiment)
         run = client.create_run(experiment_id, run_name=f"key-rotation-{rotation_id}",
-                                tags={"unlearnflow.kind": "key_rotation", "rotation_id": rotation_id,
-                                      "rotated_key": "signing", "signer_public_key": public_key})
+                                tags={"unlearnflow.kind": "key_rotation", "key_rotation_id": rotation_id,
+                                      "key_rotation": "signing key", "signer_public_key": public_key})
         run_id = run.info.run_id
         client.log_artifact(run_id, path, "certificate")
         client.set_terminated(run_id)
@@ -328,11 +328,11 @@ def log_key_rotation(ws: Workspace, params: Params, rotation_id: str, path: str,
 
 
 def rotation_run(ws: Workspace, experiment: str, rotation_id: str | None) -> str | None:
-    """The MLflow run that logged key rotation ``rotation_id``, if there is one."""
+    """The MLflow run of key rotation ``rotation_id`` (a subject key's: its training run), if any."""
     exp = client_for(ws).get_experiment_by_name(experiment) if rotation_id else None
     if exp is None:
         return None
-    runs = client_for(ws).search_runs([exp.experiment_id], f"tags.rotation_id = '{rotation_id}'", max_results=1)
+    runs = client_for(ws).search_runs([exp.experiment_id], f"tags.key_rotation_id = '{rotation_id}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 

@@ -37,7 +37,7 @@ class Check:
 
 def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bool = False) -> list[Check]:
     chain = certificates.certificate_files(ws.layout.certificates)  # erasure certificates and key rotations
-    certs = certificates.erasure_files(ws.layout.certificates)
+    certs = certificates.serving_files(ws.layout.certificates)  # those that say what serves after them
     latest = json.loads(certs[-1].read_text()) if certs else None
     name = params.tracking.registered_model
     checks = [_no_filed_record_in_manifests(ws, params, certs), _ledger_agrees(ws)]
@@ -141,9 +141,10 @@ def _certificates_intact(ws: Workspace, params: Params, mv, chain: list) -> list
         problems.append(f"MLflow records signing key {pinned[:12]}…, lineage/keys.json {expected[:12]}…")
     if key and key != expected:
         problems.append(f"this workspace's signing key {key[:12]}… is not the one it records ({expected[:12]}…)")
-    rotated = [f"key rotated by {r['rotation_id']} (" + ("endorsed by the previous key" if r["endorsed_by_previous_key"]
-                                                       else "NOT endorsed: the previous key was not at hand") + ")"
-               for r in certificates.rotations(ws.layout.certificates)]
+    rotated = [f"{r['key']} key rotated by {r['rotation_id']} (" + (
+        f"every shard retrained, v{r['new_version']}" if r["key"] == "subject" else
+        "endorsed by the previous key" if r["endorsed_by_previous_key"] else
+        "NOT endorsed: the previous key was not at hand") + ")" for r in certificates.rotations(ws.layout.certificates)]
     copies = _certificate_copies(ws, params, chain)
     return [Check("certificate chain intact and signed", not problems,
                   "; ".join(problems) or "; ".join([f"{len(chain)} certificate(s)", *rotated])),

@@ -162,12 +162,11 @@ def test_a_chain_signed_by_another_key_is_reported(tmp_path):
 def test_a_key_changes_only_by_a_rotation_entry_endorsed_by_the_key_it_replaces(tmp_path):
     new = signing.new_private_key()
     write_chain(tmp_path, 2)
-    certificates.write_rotation(tmp_path, "k1", T, signing.public_key(KEY), new, old_key=KEY, reason="rotation")
+    certificates.write_signing_rotation(tmp_path, "k1", T, signing.public_key(KEY), new, old_key=KEY, reason="rotation")
     certificates.write_certificate(tmp_path, {"erasure_id": "e9", "requests": [{"request_id": "r9"}]}, new)
     assert certificates.verify_chain(tmp_path, signing.public_key(new)) == []
     assert "is not this workspace's" in certificates.verify_chain(tmp_path, signing.public_key(KEY))[0]
-    assert [c["erasure_id"] for c in map(lambda p: json.loads(p.read_text()), certificates.erasure_files(tmp_path))] \
-        == ["e0", "e1", "e9"]
+    assert [r["endorsed_by_previous_key"] for r in certificates.rotations(tmp_path)] == [True]
 
 
 def test_a_key_changed_without_a_rotation_entry_or_with_a_forged_endorsement_is_reported(tmp_path):
@@ -178,7 +177,8 @@ def test_a_key_changed_without_a_rotation_entry_or_with_a_forged_endorsement_is_
     forged = tmp_path / "forged"
     write_chain(forged, 1)
     thief = signing.new_private_key()  # claims the old key endorsed it, signing the endorsement itself
-    path = certificates._append(forged, "k1", {"kind": certificates.ROTATION, "rotation_id": "k1", "created_at": T,
+    path = certificates._append(forged, "k1", {"kind": certificates.ROTATION, "key": "signing", "rotation_id": "k1",
+                                               "created_at": T,
                                                "reason": "", "previous_signer_public_key": signing.public_key(KEY),
                                                "endorsed_by_previous_key": True}, thief, endorsing_key=thief)
     assert certificates.verify_chain(forged) == [f"{path.name}: its endorsement is not the previous key's signature"]

@@ -196,6 +196,10 @@ def test_rotating_the_subject_key_retrains_every_shard_and_pending_requests_stil
     assert cli("lineage", "-C", str(keyed)) == 0
     assert "key_rotation" in capsys.readouterr().out
     assert json.loads(lineage.git(keyed, "show", "HEAD:lineage/keys.json").stdout) == record  # committed
+    entry = json.loads(sorted(layout.certificates.glob("*.json"))[-1].read_text())  # signed, in the chain
+    assert entry["kind"] == "key_rotation" and entry["key"] == "subject" and entry["new_version"] == str(mv.version)
+    assert sorted(entry["affected_shards"]) == ["0", "1", "2"]
+    assert {a["first_retrained_slice"] for a in entry["affected_shards"].values()} == {1}
 
     pending = Workspace(keyed).pending_requests()
     assert len(pending) == 1 and pending[0].request.subjects == (pseudonym(new_key.encode(), person),)
@@ -205,6 +209,30 @@ def test_rotating_the_subject_key_retrains_every_shard_and_pending_requests_stil
     assert result["erased_records"] == 3  # still that person's three photos
     assert len(result["affected"]) == (1 if still_training else 0)
     assert cli("verify", "-C", str(keyed)) == 0, capsys.readouterr().out
+
+
+def test_a_rotation_killed_midway_is_finished_once_and_filings_wait_for_it(keyed, prefect_server, capsys):
+    import sys
+    from pathlib import Path
+
+    person = in_training(keyed)[0]
+    before = json.loads(Layout(keyed).keys.read_text())
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "UNLEARNFLOW_CRASH_AT": "rekeyed"}  # kill -9 there
+    proc = subprocess.run([str(Path(sys.executable).parent / "unlearnflow"), "keys", "rotate", "subject", "--yes",
+                           "-C", str(keyed)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9 and Workspace(keyed).journal().read()["steps"] == ["rekeyed"]
+    ledger = Layout(keyed).ledger.read_bytes()
+    capsys.readouterr()
+    assert cli("forget", "-C", str(keyed), "--subject", person, "--no-wait") == 2  # not under the old key
+    said = errors(capsys.readouterr().err)
+    assert len(said) == 1 and "is being rotated (or a rotation was interrupted)" in said[0], said
+    assert Layout(keyed).ledger.read_bytes() == ledger
+    assert cli("keys", "rotate", "subject", "--yes", "-C", str(keyed)) == 0
+    assert "finished     the interrupted rotation" in capsys.readouterr().out
+    after = json.loads(Layout(keyed).keys.read_text())
+    assert len(after["rotations"]) == len(before["rotations"]) + 1  # one rotation, not two
+    assert Workspace(keyed).journal().read() is None and production(keyed).tags["kind"] == "key_rotation"
+    assert cli("verify", "-C", str(keyed)) == 0
 
 
 def test_a_lost_signing_key_is_refused_until_a_rotation_records_the_new_one_in_the_chain(keyed, capsys):

@@ -11,10 +11,12 @@ link; ``signature`` is the workspace key's Ed25519 signature over the rest
 (``signing.py``), so even the newest one cannot be rewritten unseen. The same file is
 committed to git and logged to MLflow; ``verify`` compares all three.
 
-The signing key changes only by a key-rotation entry in the same chain
-(``NNNN-k<id>.json``, ``kind: key_rotation``): it names the key it replaces and the new
+Key rotations are entries of the same chain (``NNNN-k<id>.json``, ``kind: key_rotation``).
+A subject-key rotation re-partitions every record, so its entry, signed like a certificate,
+says what serves after it (constituents, versions, the requests it re-keyed). The signing
+key changes only by a signing-key rotation entry: it names the key it replaces and the new
 one, is signed by the new key and, when the old key was still at hand, endorsed by it
-(``endorsement``). Every certificate must be signed by the key in force at its place.
+(``endorsement``). Every entry must be signed by the key in force at its place.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def certificate_files(directory: Path) -> list[Path]:
 ROTATION = "key_rotation"  # the ``kind`` of a key-rotation entry (erasure certificates have none)
 
 
-def erasure_files(directory: Path) -> list[Path]:
-    """The erasure certificates of the chain (key-rotation entries left out)."""
-    return [p for p in certificate_files(directory) if json.loads(p.read_text()).get("kind") != ROTATION]
+def serving_files(directory: Path) -> list[Path]:
+    """The entries that say what serves after them: erasure certificates and subject-key
+    rotations (a signing-key rotation changes no model)."""
+    return [p for p in certificate_files(directory) if "constituents" in json.loads(p.read_text())]
 
 
 def latest(directory: Path) -> dict | None:
-    files = erasure_files(directory)
+    files = serving_files(directory)
     return json.loads(files[-1].read_text()) if files else None
 
 
@@ -79,13 +82,19 @@ def write_certificate(directory: Path, body: dict, private_key: bytes) -> Path:
     return _append(directory, body["erasure_id"], body, private_key)
 
 
-def write_rotation(directory: Path, rotation_id: str, created_at: str, previous_public_key: str | None,
-                   new_key: bytes, old_key: bytes | None = None, reason: str = "") -> Path:
-    """Append a key-rotation entry: signed by ``new_key`` and, if ``old_key`` is given (it must
-    be the key in force), endorsed by it."""
-    body = {"kind": ROTATION, "rotation_id": rotation_id, "created_at": created_at, "reason": reason,
-            "previous_signer_public_key": previous_public_key, "endorsed_by_previous_key": old_key is not None}
+def write_signing_rotation(directory: Path, rotation_id: str, created_at: str, previous_public_key: str | None,
+                           new_key: bytes, old_key: bytes | None = None, reason: str = "") -> Path:
+    """Append a signing-key rotation entry: signed by ``new_key`` and, if ``old_key`` is given (it
+    must be the key in force), endorsed by it."""
+    body = {"kind": ROTATION, "key": "signing", "rotation_id": rotation_id, "created_at": created_at,
+            "reason": reason, "previous_signer_public_key": previous_public_key,
+            "endorsed_by_previous_key": old_key is not None}
     return _append(directory, rotation_id, body, new_key, old_key)
+
+
+def write_subject_rotation(directory: Path, body: dict, private_key: bytes) -> Path:
+    """Append a subject-key rotation entry (``subject_rotation_body``), signed by the key in force."""
+    return _append(directory, body["rotation_id"], {"kind": ROTATION, "key": "subject", **body}, private_key)
 
 
 def _append(directory: Path, name: str, body: dict, private_key: bytes, endorsing_key: bytes | None = None) -> Path:
@@ -131,7 +140,7 @@ def verify_chain(directory: Path, public_key: str | None = None) -> list[str]:
             signer = cert.get("signer_public_key")
             if not signer or not signing.verify(signer, cert):
                 problems.append(f"{path.name}: signature does not match its content")
-            elif cert.get("kind") == ROTATION:
+            elif _changes_signer(cert):
                 problems += _rotation_problems(path.name, cert, in_force)
                 in_force = signer
             elif in_force and signer != in_force:
@@ -142,6 +151,10 @@ def verify_chain(directory: Path, public_key: str | None = None) -> list[str]:
     if public_key and in_force and in_force != public_key:
         problems.append(f"the chain's key {in_force[:12]}… is not this workspace's {public_key[:12]}…")
     return problems
+
+
+def _changes_signer(cert: dict) -> bool:
+    return cert.get("kind") == ROTATION and cert.get("key") == "signing"
 
 
 def _rotation_problems(name: str, cert: dict, in_force: str | None) -> list[str]:
@@ -158,7 +171,7 @@ def _rotation_problems(name: str, cert: dict, in_force: str | None) -> list[str]
 
 
 def rotations(directory: Path) -> list[dict]:
-    """The key-rotation entries of the chain, oldest first."""
+    """The key-rotation entries of the chain (subject and signing), oldest first."""
     return [json.loads(p.read_text()) for p in certificate_files(directory)
             if json.loads(p.read_text()).get("kind") == ROTATION]
 
@@ -167,6 +180,37 @@ def completed_requests(directory: Path) -> set[str]:
     """Ids of every request some certificate lists: these are done."""
     return {r["request_id"] for path in certificate_files(directory)
             for r in json.loads(path.read_text()).get("requests", [])}
+
+
+def subject_rotation_body(*, rotation_id: str, created_at: str, old_id: str, new_id: str, rekeyed: dict,
+                          affected: dict, after: dict, lineage: dict, previous_version: str, new_version: str,
+                          registered_model: str) -> dict:
+    """What a subject-key rotation's entry says: the fingerprints before and after, the requests it
+    filed again under the new key, and, like a certificate, what changed and what serves now."""
+    return {
+        "rotation_id": rotation_id,
+        "created_at": created_at,
+        "previous_subject_key_id": old_id,
+        "subject_key_id": new_id,
+        "requests_rekeyed": rekeyed,
+        **_serving(affected, after, lineage, previous_version, new_version, registered_model),
+    }
+
+
+def _serving(affected: dict, after: dict, lineage: dict, previous_version: str, new_version: str,
+             registered_model: str) -> dict:
+    """What changed and what serves after an entry: the part a certificate and a subject-key
+    rotation share, which ``verify`` compares with the files, dvc.lock and the registry."""
+    return {
+        "affected_shards": affected,
+        "constituents": {k: {"manifest_md5": c["manifest_md5"], "model_md5": c["model_md5"]} for k, c in after.items()},
+        "dvc_lock_md5": lineage["dvc_lock_md5"],
+        "data_version": lineage["data_version"],
+        "git_commit": lineage["git_commit"],
+        "previous_version": previous_version,
+        "new_version": new_version,
+        "registered_model": registered_model,
+    }
 
 
 def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, after: dict, lineage: dict,
@@ -180,15 +224,8 @@ def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, af
         "requests": resolved["requests"],
         "unmatched_requests": resolved["unmatched"],
         "erased_record_ids": resolved["erased_records"],
-        "affected_shards": affected,
-        "constituents": {k: {"manifest_md5": c["manifest_md5"], "model_md5": c["model_md5"]} for k, c in after.items()},
         "train_device": train_device,  # the device class the constituents were computed on
-        "dvc_lock_md5": lineage["dvc_lock_md5"],
-        "data_version": lineage["data_version"],
-        "git_commit": lineage["git_commit"],
-        "previous_version": previous_version,
-        "new_version": new_version,
-        "registered_model": registered_model,
+        **_serving(affected, after, lineage, previous_version, new_version, registered_model),
         "metrics": metrics,
         "purged": purged,
         "audit": audit,

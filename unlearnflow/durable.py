@@ -106,6 +106,13 @@ class WorkspaceLock:
         except (OSError, json.JSONDecodeError):
             return {}
 
+    def _await_holder_note(self, seconds: float = 1.0) -> None:
+        """The holder writes who it is just after it takes the lock: give it a moment, so that
+        the message names it instead of "another process"."""
+        deadline = time.monotonic() + seconds
+        while not self.holder() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def describe(self) -> str:
         h = self.holder()
         if not h:
@@ -123,6 +130,7 @@ class WorkspaceLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._await_holder_note()
             if not self.wait:
                 os.close(fd)
                 raise WorkspaceBusy(f"the workspace is busy: {self.describe()} is writing to it; "
