@@ -26,10 +26,10 @@ import os
 import secrets
 
 from tasks.erasure import advance, now, state_before
-from tasks.workspace import Workspace
+from tasks.workspace import Workspace, create_key_file
 from unlearnflow import certificates, signing
 from unlearnflow.config import Params
-from unlearnflow.durable import atomic_write, fsync_dir
+from unlearnflow.durable import fsync_dir
 from unlearnflow.erasure import needs_secret_key
 from unlearnflow.errors import ConfigError, UnlearnflowError
 from unlearnflow.hashing import hash_json
@@ -48,7 +48,8 @@ def describe(ws: Workspace, params: Params) -> dict:
                                 "UNLEARNFLOW_SUBJECT_KEY or .unlearnflow/subject.key")
     else:
         out["subject"] = {"recorded": None, "held": "none needed: the data names nobody (a public key)", "ok": True}
-    out["signing"] = _agree(ws.recorded_signer(), ws.public_key(), "UNLEARNFLOW_SIGNING_KEY or .unlearnflow/signing.key")
+    out["signing"] = _agree(ws.recorded_signer(), ws.public_key(),
+                            "UNLEARNFLOW_SIGNING_KEY or .unlearnflow/signing.key")
     return out
 
 
@@ -95,10 +96,12 @@ def rotate(workspace: str, key: str, params: Params, reason: str = "") -> dict:
         _refuse(ws, params, key)
         if key == "subject":
             new_key = _fresh(ws.layout.private / "subject.key.new", secrets.token_hex(32))
-            fields = {"old_id": ws.recorded_subject_key_id(), "new_id": key_id(new_key.encode()), **state_before(params, str(ws.root))}
+            fields = {"old_id": ws.recorded_subject_key_id(), "new_id": key_id(new_key.encode()),
+                      **state_before(params, str(ws.root))}
         else:
             new_key = _fresh(ws.layout.private / "signing.key.new", signing.new_private_key().hex())
-            fields = {"old_public": ws.recorded_signer(), "new_public": signing.public_key(bytes.fromhex(new_key)), "reason": reason}
+            fields = {"old_public": ws.recorded_signer(), "new_public": signing.public_key(bytes.fromhex(new_key)),
+                      "reason": reason}
         rotation_id = "k" + hash_json({"key": key, **fields})[:12]
         state = ws.journal().begin({"kind": "rotate", "key": key, "rotation_id": rotation_id,
                                     "started_at": now(), **fields})
@@ -141,10 +144,10 @@ def _refuse(ws: Workspace, params: Params, key: str) -> None:
 
 
 def _fresh(path, text: str) -> str:
-    """The new key of a rotation about to begin: written (0600, durably) before the journal names it."""
-    atomic_write(path, text.encode())
-    os.chmod(path, 0o600)
-    return text
+    """The new key of a rotation about to begin: written (0600 from the start, durably) before the
+    journal names it; a file left by a rotation that never began is replaced."""
+    path.unlink(missing_ok=True)
+    return create_key_file(path, text)
 
 
 # ---- the subject key's steps ---------------------------------------------------------------
@@ -177,7 +180,8 @@ def _retrain(ws: Workspace, params: Params, state: dict) -> dict:
     if not (ws.root / "dvc.lock").is_file():  # never trained: the first training uses the new key
         return {"version": None}
     rid = state["rotation_id"]
-    done = [v for v in registered_versions(ws, params.tracking.registered_model) if v.tags.get("key_rotation_id") == rid]
+    done = [v for v in registered_versions(ws, params.tracking.registered_model)
+            if v.tags.get("key_rotation_id") == rid]
     if done:  # registered by an attempt that was interrupted after that
         return {"version": str(done[0].version), "run_id": done[0].run_id,
                 "lineage": {k: done[0].tags[k] for k in ("dvc_lock_md5", "data_version", "git_commit")}}
@@ -220,10 +224,10 @@ def _entry(ws: Workspace, params: Params, state: dict) -> dict:
     folder, rid = ws.layout.certificates, state["rotation_id"]
     path = certificates.find(folder, rid)
     if path is None:
-        new = bytes.fromhex(_new_key(ws, "signing"))
-        reason = state["reason"] or ("rotation" if ws.held_signing_key() else "the previous signing key was lost")
-        path = certificates.write_signing_rotation(folder, rid, state["started_at"], state["old_public"], new,
-                                                   ws.held_signing_key(), reason)
+        new, old = bytes.fromhex(_new_key(ws, "signing")), ws.held_signing_key()
+        reason = state["reason"] or ("rotation" if old else "the previous signing key was lost")
+        path = certificates.write_signing_rotation(folder, rid, state["started_at"], state["old_public"], new, old,
+                                                   reason)
     return {"entry": str(path)}
 
 
@@ -256,5 +260,6 @@ def _install(pending, target) -> None:
         fsync_dir(target.parent)
 
 
-STEPS = {"subject": (("rekeyed", _rekey), ("switched", _switch_subject), ("trained", _retrain), ("certified", _certify)),
+STEPS = {"subject": (("rekeyed", _rekey), ("switched", _switch_subject), ("trained", _retrain),
+                     ("certified", _certify)),
          "signing": (("entry", _entry), ("switched", _switch_signing), ("recorded", _record))}

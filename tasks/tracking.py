@@ -311,17 +311,16 @@ def log_certificate(ws: Workspace, run_id: str, path: str, registered_model: str
 def log_key_rotation(ws: Workspace, params: Params, rotation_id: str, path: str, public_key: str) -> str:
     """A signing-key rotation: its chain entry as the artifact of a run of its own, and the new
     public key as the registered model's ``certificate_public_key`` (what ``verify`` expects).
-    Returns the run id (the same run again if an interrupted attempt made it)."""
+    Idempotent (an interrupted attempt's run is found and completed); returns the run id."""
     client = client_for(ws)
     run_id = rotation_run(ws, params.tracking.experiment, rotation_id)
     if run_id is None:
-        experiment_id = setup(ws, params.tracking.experiment)
-        run = client.create_run(experiment_id, run_name=f"key-rotation-{rotation_id}",
-                                tags={"unlearnflow.kind": "key_rotation", "key_rotation_id": rotation_id,
-                                      "key_rotation": "signing key", "signer_public_key": public_key})
-        run_id = run.info.run_id
+        run_id = client.create_run(setup(ws, params.tracking.experiment), run_name=f"key-rotation-{rotation_id}",
+                                   tags={"unlearnflow.kind": "key_rotation", "key_rotation_id": rotation_id,
+                                         "key_rotation": "signing key", "signer_public_key": public_key}).info.run_id
+    if logged_certificate(ws, run_id) is None:
         client.log_artifact(run_id, path, "certificate")
-        client.set_terminated(run_id)
+    client.set_terminated(run_id)
     if registered_model_exists(ws, params.tracking.registered_model):
         client.set_registered_model_tag(params.tracking.registered_model, "certificate_public_key", public_key)
     return run_id

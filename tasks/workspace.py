@@ -108,7 +108,7 @@ class Workspace:
                 raise KeyMissing(_SUBJECT_KEY_HELP.format(
                     problem=f"the subject key is missing (this workspace's pseudonyms were made with key "
                             f"{recorded or '(not recorded)'}, lineage/keys.json)", path=self.layout.subject_key))
-            text = _create_key_file(self.layout.subject_key, secrets.token_hex(32))
+            text = create_key_file(self.layout.subject_key, secrets.token_hex(32))
         key = text.encode()
         if recorded is not None and key_id(key) != recorded:
             source = "UNLEARNFLOW_SUBJECT_KEY" if os.environ.get("UNLEARNFLOW_SUBJECT_KEY") else self.layout.subject_key
@@ -140,7 +140,7 @@ class Workspace:
                 raise KeyMissing(_SIGNING_KEY_HELP.format(
                     problem=f"the signing key is missing (this workspace's certificates are signed by "
                             f"{recorded[:12]}…, lineage/keys.json)", path=self.layout.signing_key))
-            key = bytes.fromhex(_create_key_file(self.layout.signing_key, signing.new_private_key().hex()))
+            key = bytes.fromhex(create_key_file(self.layout.signing_key, signing.new_private_key().hex()))
         public = signing.public_key(key)
         if recorded is not None and public != recorded:
             source = "UNLEARNFLOW_SIGNING_KEY" if os.environ.get("UNLEARNFLOW_SIGNING_KEY") else self.layout.signing_key
@@ -337,7 +337,7 @@ def _read_key_file(path: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def _create_key_file(path: Path, text: str) -> str:
+def create_key_file(path: Path, text: str) -> str:
     """Write a new key file (0600, durable); if another process just made one, that one wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

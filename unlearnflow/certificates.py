@@ -172,8 +172,8 @@ def _rotation_problems(name: str, cert: dict, in_force: str | None) -> list[str]
 
 def rotations(directory: Path) -> list[dict]:
     """The key-rotation entries of the chain (subject and signing), oldest first."""
-    return [json.loads(p.read_text()) for p in certificate_files(directory)
-            if json.loads(p.read_text()).get("kind") == ROTATION]
+    entries = (json.loads(p.read_text()) for p in certificate_files(directory))
+    return [e for e in entries if e.get("kind") == ROTATION]
 
 
 def completed_requests(directory: Path) -> set[str]:
