@@ -96,6 +96,7 @@ def one(tmp: Path, env: dict, n: int, s: int, args) -> dict:
         "forget_peak_rss_mb": round(rss_forget), "erasure_overhead_s": round(t_forget - retrain_s, 1),
         "audit_s": erased["audit"]["seconds"],
         "forget_step_seconds": erased.get("step_seconds", {}),
+        "forget_waterfall": erased.get("waterfall", {}),
         "disk_mb": {"workspace": round(du_mb(ws)), "data": round(du_mb(ws, "data")),
                     "checkpoints": round(du_mb(ws, "checkpoints")), "dvc_cache": round(du_mb(ws, ".dvc/cache")),
                     "mlruns": round(du_mb(ws, "mlruns"))},
@@ -156,12 +157,16 @@ def write(rows: list[dict], args) -> None:
             f"{r['forget_retrain_s']:.1f} | {r['audit_s']:.1f} | {r['forget_command_s']:.1f} | "
             f"{r['erasure_overhead_s']:.1f} | {r['forget_peak_rss_mb']} | "
             f"{d['workspace']} ({d['data']} / {d['checkpoints']} / {d['dvc_cache']}) |")
-    lines += ["", *targets(rows)]
+    lines += ["", *targets(rows), "", "## Where each erasure's time went (the `forget` command's waterfall, seconds)", ""]
+    for r in rows:
+        steps = r.get("forget_waterfall") or {}
+        if steps:
+            lines.append(f"- N={r['n']:,}, S={r['shards']}: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
     save_md(out, lines)
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """Each target of issue 11 with the measured figure, met or missed."""
+    """Each target of issues 11 and 24 with the measured figure, met or missed."""
     by = {(r["n"], r["shards"]): r for r in rows}
     big = max(r["n"] for r in rows)
     small = min(r["n"] for r in rows)
@@ -179,8 +184,9 @@ def targets(rows: list[dict]) -> list[str]:
     for s in sorted({r["shards"] for r in rows}):
         if (big, s) in by and (small, s) in by and big != small:
             a, b = by[(big, s)]["erasure_overhead_s"], by[(small, s)]["erasure_overhead_s"]
-            out.append(f"- Erasure overhead at N={big:,} <= 2x that at N={small:,} (S={s}): {a:.1f} s vs {b:.1f} s "
-                       f"= {a / b:.2f}x: **{'met' if a <= 2 * b else 'missed'}**.")
+            out.append(f"- Erasure overhead (fixed cost: the forget command minus its retraining) at N={big:,} <= "
+                       f"1.5x that at N={small:,} (S={s}; issue 24, was 2x in issue 11): {a:.1f} s vs {b:.1f} s "
+                       f"= {a / b:.2f}x: **{'met' if a <= 1.5 * b else 'missed'}**.")
     out.append("- GPU rows (ResNet-18 on synthetic:50000, S=5 and S=20; bitwise repeat; erasure vs monolithic "
                "retrain): **not measured: no GPU lent** to this session.")
     return out

@@ -225,7 +225,38 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
         results = pool.starmap(run_scenario, [(n, args.smoke, rows) for n in names])
+    recorded = Path(args.out).with_suffix(".json")
+    if rows and recorded.is_file():  # some rows only: into the recorded tables, the rest kept as measured
+        old = json.loads(recorded.read_text())
+        results = merge(old["results"], results, time.strftime("%Y-%m-%d"))
+        write(Path(args.out), results, old["meta"]["wall_seconds"], old["meta"]["date"])
+        return
     write(Path(args.out), results, time.perf_counter() - t0)
+
+
+def merge(old: list[dict], new: list[dict], date: str) -> list[dict]:
+    """The recorded scenarios with the newly measured methods' rows put in (replacing earlier
+    rows of those methods, before the retrain B row), each marked with its date. The references
+    are retrained with the same seeds; a retrain B that differs from the recorded one is noted."""
+    by_name = {r["scenario"]: r for r in new}
+    out = []
+    for res in old:
+        fresh = by_name.get(res["scenario"])
+        if fresh is None:
+            out.append(res)
+            continue
+        methods = {r["method"] for r in fresh["rows"][1:-1]}
+        kept = [r for r in res["rows"] if r["method"] not in methods]
+        added = [{**r, "measured": date, "gap_b": avg_gap(r, kept[-1])} for r in fresh["rows"][1:-1]]
+        res = {**res, "rows": kept[:-1] + added + kept[-1:]}
+        same = abs(fresh["rows"][-1]["test_accuracy"] - kept[-1]["test_accuracy"]) < 1e-9
+        res.setdefault("notes", []).append(
+            f"rows of {', '.join(sorted(methods))} measured on {date} (retrain B "
+            + ("identical to the recorded one" if same else
+               f"test accuracy {100 * fresh['rows'][-1]['test_accuracy']:.1f} against the recorded "
+               f"{100 * kept[-1]['test_accuracy']:.1f}; their Avg Gap is to the recorded one") + ")")
+        out.append(res)
+    return out
 
 
 def write(out: Path, results: list[dict], wall: float, date: str | None = None) -> None:
@@ -262,6 +293,7 @@ def write(out: Path, results: list[dict], wall: float, date: str | None = None) 
                          f"{p(r['forget_vs_holdout_mia_auc'])} | {p(r['gap_b'])} | {closed(r['gap_b'])} | "
                          f"{p(abs(r['forget_vs_holdout_mia_auc'] - auc_b))} | {100 * r['time_share']:.0f}% |")
         lines.append("")
+        lines += [f"Note: {n}." for n in res.get("notes", [])] + ([""] if res.get("notes") else [])
         lines += guarantee_lines(res, p)
     save_md(out, lines)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")

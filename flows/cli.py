@@ -3,7 +3,8 @@
     unlearnflow init DIR        create a git + DVC workspace (params.yaml, dvc.yaml)
     unlearnflow train           run the Prefect training flow in the workspace
     unlearnflow forget ...      file an erasure request and carry it out (rectify: correct a label)
-    unlearnflow serve           run the request flow on erasure events (Prefect deployment + trigger)
+    unlearnflow serve           run the request flow on erasure events (in this process)
+    unlearnflow server          the local Prefect server kept between commands: status | stop
     unlearnflow status          production model, shards and data version
     unlearnflow keys            the workspace's keys; `keys rotate subject|signing` rotates one
     unlearnflow ui              start the MLflow UI on the workspace's store
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows import report
+from flows import report, waterfall
 from unlearnflow.errors import ConfigError
 
 STAGES = ("prepare", "partition", "train", "aggregate", "evaluate")
@@ -113,6 +114,7 @@ def cmd_forget(args) -> int:
         return 2
     ws, params = _workspace(args)
     _file_request(ws, params, args, "forget")
+    waterfall.mark("file_request")
     return 0 if args.no_wait else _fast_path_then_exact(ws, params, args)
 
 
@@ -157,6 +159,8 @@ def _fast_path_then_exact(ws, params, args) -> int:
     """With an approximate method (--method or unlearn.method): serve its version first,
     then (unless --exact later) run the exact erasure that supersedes it."""
     from flows.erase import run_erase
+
+    waterfall.mark("imports")  # torch, Prefect, MLflow, DVC's and our modules
     from unlearnflow.unlearning import is_exact
 
     def erase() -> dict:
@@ -231,6 +235,83 @@ def cmd_verify(args) -> int:
     else:
         report.checks(checks)
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_receipt(args) -> int:
+    from tasks import transparency
+
+    ws, params = _workspace(args)
+    selector = ("--subject", args.subject) if args.subject else ("--request", args.request) if args.request \
+        else ("--file", args.file)
+    found = transparency.find_requests(ws, params, subject=args.subject, request=args.request, file=args.file)
+    if not found:
+        raise ConfigError(f"no request on file for {selector[0]} {selector[1]}")
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} requests on file for {selector[0]} {selector[1]}: {', '.join(found)}; "
+                          f"name one with --request")
+    with ws.lock("unlearnflow receipt", notify=lambda m: print(m, file=sys.stderr)):  # it may build the log
+        text = transparency.receipt(ws, params, found[0], args.since)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"receipt of request {found[0]} written to {args.output}; check it with: python receipt_verify.py "
+              f"verify {args.output} --key \"$(unlearnflow log key)\"", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_log(args) -> int:
+    from tasks import transparency
+
+    ws, params = _workspace(args)
+    if args.action == "key":
+        print(transparency.verifier_key(ws, params))
+        return 0
+    log = transparency.erasure_log(ws)
+    newest = log.newest_checkpoint()
+    status = {"origin": log.origin() if log.exists() else None, "leaves": len(log.leaves()),
+              "checkpoints": len(log.checkpoints()), "newest_checkpoint": str(newest) if newest else None,
+              "verifier_key": transparency.verifier_key(ws, params)}
+    if args.json:
+        return _json(status)
+    for k, v in status.items():
+        print(f"{k:18s} {v}")
+    return 0
+
+
+def cmd_witness(args) -> int:
+    from unlearnflow.receipt_verify import VerifyError
+    from unlearnflow.witness import Witness, serve
+
+    try:
+        witness = Witness(Path(args.dir), args.name)
+        for vkey in args.log:
+            witness.follow(vkey)
+    except (ValueError, VerifyError) as e:
+        raise ConfigError(f"witness: {e}") from None
+    if args.action == "key":
+        print(witness.key.text)
+        return 0
+    if args.action == "follow":
+        for log in witness.logs():
+            print(f"follows {log['origin']} (cosigned up to size {log['size']})")
+        return 0
+    if not witness.logs():
+        raise ConfigError("this witness follows no log yet: give it one with --log \"$(unlearnflow log key)\"")
+
+    def ready(url: str) -> None:
+        print(f"witness {witness.name} on {url}/add-checkpoint  (Ctrl-C to stop)\n  its key: {witness.key.text}\n"
+              + "".join(f"  follows {log['origin']} (cosigned up to size {log['size']})\n" for log in witness.logs()),
+              end="", flush=True)
+
+    try:
+        serve(witness, args.host, args.port, ready)
+    except OSError as e:
+        raise ConfigError(f"cannot serve the witness on {args.host}:{args.port}: {e.strerror}; pick another --port") \
+            from None
+    except KeyboardInterrupt:
+        print("witness stopped")
+    return 0
 
 
 def cmd_keys(args) -> int:
@@ -309,7 +390,28 @@ def cmd_status(args) -> int:
 def cmd_serve(args) -> int:
     from flows.serve import serve
 
-    serve(args.workspace, announce=lambda msg: print(msg, flush=True))
+    serve(args.workspace, announce=lambda msg: print(msg, flush=True), poll=args.poll)
+    return 0
+
+
+def cmd_server(args) -> int:
+    from flows import local_server
+
+    where = local_server.home()
+    if args.action == "stop":
+        stopped = local_server.stop(where)
+        print(f"stopped the local Prefect server (pid {stopped['pid']}, {stopped['url']})" if stopped
+              else f"no local Prefect server runs for {where}")
+        return 0
+    info = local_server.status(where)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    elif info is None:
+        print(f"no local Prefect server runs for {where} (the next command that runs a flow starts one)")
+    else:
+        print(f"local Prefect server: {info['url']}/api, pid {info['pid']}, since {info['started_at']}, Prefect home "
+              f"{info['home']}; stops after {info['idle_seconds']:g}s unused"
+              + (f"; in use by pid {', '.join(map(str, info['users']))}" if info["users"] else ""))
     return 0
 
 
@@ -434,6 +536,16 @@ def _interrupted_notice(ws) -> None:
         print(f"note: {problem}", file=sys.stderr)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 86400")
+    return value
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; valid: 1-65535")
@@ -473,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_commands(add)
     _request_commands(add)
     _inspection_commands(add, sub)
+    _transparency_commands(add)
     return p
 
 
@@ -519,10 +632,46 @@ def _request_commands(add) -> None:
     sp.add_argument("--subject", help="subject to forget (default: the first synthetic subject still in training)")
 
 
+def _transparency_commands(add) -> None:
+    sp = add("receipt", "write the receipt of an erasure for the person who asked (a C2SP tlog-proof); "
+             "`unlearnflow receipt verify FILE --key VKEY` checks one (as receipt_verify.py does)", cmd_receipt)
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help="the subject the request named")
+    who.add_argument("--request", help="a request id (r…)")
+    who.add_argument("--file", help="a file name the request named")
+    sp.add_argument("-o", "--output", help="write the receipt here (default: standard output)")
+    sp.add_argument("--since", type=int, metavar="N",
+                    help="add a consistency proof from the log of size N (a receipt the person holds)")
+
+    sp = add("log", "the erasure log: `key` prints its verifier key (to publish); `status` its size and root",
+             cmd_log)
+    sp.add_argument("action", nargs="?", choices=("key", "status"), default="status")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (status)")
+
+
+    sp = add("witness", "a witness for erasure logs (c2sp.org/tlog-witness), run by someone the operator does "
+             "not control: `serve` answers POST /add-checkpoint; `key` prints its verifier key; `follow` trusts "
+             "a log's key", cmd_witness)
+    sp.add_argument("action", choices=("serve", "key", "follow"))
+    sp.add_argument("--dir", required=True, help="the witness's own directory: its key and state")
+    sp.add_argument("--name", help="its key name, e.g. auditor.example/w1 (required the first time)")
+    sp.add_argument("--log", action="append", default=[], metavar="VKEY",
+                    help="a log's verifier key to follow (`unlearnflow log key` prints it; repeatable)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=_port, default=8780, help="TCP port (default 8780)")
+
+
 def _inspection_commands(add, sub) -> None:
-    add("serve", "run the erase flow (after the fast path, if unlearn.method is approximate) whenever the "
-        "event 'unlearnflow.erasure.requested' arrives "
-        "(needs `prefect server start` and PREFECT_API_URL)", cmd_serve)
+    sp = add("serve", "run the erase flow (after the fast path, if unlearn.method is approximate) whenever the "
+             "event 'unlearnflow.erasure.requested' arrives, in this process "
+             "(needs `prefect server start` and PREFECT_API_URL)", cmd_serve)
+    sp.add_argument("--poll", type=_seconds, default=30.0, metavar="SECONDS",
+                    help="also look at the ledger this often, without an event (default 30)")
+
+    sp = add("server", "the local Prefect server that commands keep between them (without PREFECT_API_URL): "
+             "status or stop", cmd_server)
+    sp.add_argument("action", nargs="?", choices=("status", "stop"), default="status")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (status)")
 
     sp = add("audit", "audit a model version against every record erased so far (a Prefect flow)", cmd_audit)
     sp.add_argument("--version", help="registered version to audit (default: production)")
@@ -569,8 +718,14 @@ def _inspection_commands(add, sub) -> None:
 
 
 def main(argv=None) -> int:
-    from flows import logfile
+    from flows import logfile, waterfall
 
+    waterfall.start(from_process_start=argv is None).mark("python")  # the interpreter and this module
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:2] == ["receipt", "verify"]:  # the offline verifier, exactly as a person runs it
+        from unlearnflow import receipt_verify
+
+        return receipt_verify.main(given[1:])
     quiet_telemetry()
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)  # commands without a workspace have no --verbose
@@ -618,5 +773,32 @@ def _unexpected(e: Exception) -> int:
     return 1
 
 
+def entry() -> None:
+    """The ``unlearnflow`` console script (and ``python -m flows.cli``): ``main()``, then every
+    exit handler the libraries registered (Prefect drains its log and event workers there),
+    then ``os._exit``. What that skips is the interpreter's teardown of torch's, MLflow's and
+    Prefect's modules: 1.9 s after a ``forget`` that a finished command does not need
+    (bench/results/overhead.md). A command that raised out of ``main`` (argparse's exit 2, a
+    crash) leaves the ordinary way. Tests call ``main`` itself, in their own process."""
+    import atexit
+
+    code: list[int] = []
+
+    def leave() -> None:  # registered first, so it runs after every handler registered later
+        if not code:
+            return
+        logging.shutdown()  # its own handler was registered before this one: it would not run
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said to it
+                pass
+        os._exit(code[0])
+
+    atexit.register(leave)
+    code.append(main() or 0)
+    sys.exit(code[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

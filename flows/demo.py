@@ -71,5 +71,9 @@ def summary(ws, params, workspace: str, subject: str, stored_as: str, result: di
              else "no superseded model files purged"))
     print(f"certificate  {Path(result['certificate']).relative_to(ws.root)}; check it with "
           f"`{report.invocation()} verify -C {workspace} --retrain`")
+    log = result["erasure_log"]
+    print(f"receipt      erasure log size {log['log_size']}; the person's receipt: `{report.invocation()} receipt -C "
+          f"{workspace} --subject {subject} -o {subject}.tlog-proof`, checked by unlearnflow/receipt_verify.py alone "
+          f"with the key `{report.invocation()} log key -C {workspace}` prints")
     print(f"MLflow UI    `{report.invocation()} ui -C {workspace}`, experiment {params.tracking.experiment}, run "
           f"erase-{result['erasure_id']}; version {m['version']}'s page holds its lineage card")

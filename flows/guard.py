@@ -14,9 +14,9 @@
 5. the keys are the workspace's own (``lineage/keys.json``): the subject key its pseudonyms
    were made with and, for commands that sign certificates, the signing key; a missing or
    different key is refused before any work (``Workspace.secret_key``, ``signing_key``);
-6. the Prefect API is up (``flows/prefect_api.py``: a temporary server with a start-up
-   budget, unless PREFECT_API_URL names one, which must answer), and so is the MLflow
-   tracking server if UNLEARNFLOW_TRACKING_URI names one;
+6. the Prefect API is up (``flows/prefect_api.py``: the local server kept between commands,
+   started with a budget if none runs, unless PREFECT_API_URL names one, which must answer),
+   and so is the MLflow tracking server if UNLEARNFLOW_TRACKING_URI names one;
 7. an operation a crash interrupted is finished (erasure, key rotation) or rolled back (fast
    path) first, with a one-line notice: the journal (``.unlearnflow/journal.json``) says which.
 """
@@ -26,7 +26,8 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-from flows.prefect_api import ensure_prefect_api
+from flows import waterfall
+from flows.prefect_api import prefect_api
 from tasks.workspace import Workspace
 from unlearnflow.preflight import check_names
 
@@ -47,6 +48,8 @@ def writing(workspace, command: str, wait: bool = True, params=None, signs: bool
     with ws.lock(command, wait=wait, notify=notice):
         from tasks.lineage import clear_stale_git_locks
 
+        waterfall.mark("lock")
+
         removed = clear_stale_git_locks(ws.root)
         if removed:
             notice(f"removed {', '.join(removed)}, left by a git commit that was killed")
@@ -54,12 +57,20 @@ def writing(workspace, command: str, wait: bool = True, params=None, signs: bool
         rotating = (ws.journal().read() or {}).get("kind") == "rotate"
         if not rotating:  # an interrupted rotation is finished first; it knows which keys hold
             check_keys(ws, params, signs)
-        ensure_prefect_api(notice)  # every writing command runs flows: the API first, with a budget and a word
-        ws.check_tracking_server()  # one that does not answer: one line now, before any work
-        recover(ws, params)
-        if rotating:
-            check_keys(ws, params, signs)
-        yield ws, params
+        waterfall.mark("ledger_keys")
+        with prefect_api(notice):  # every writing command runs flows: the API first, with a budget and a word
+            waterfall.mark("prefect_api")
+            ws.check_tracking_server()  # one that does not answer: one line now, before any work
+            recover(ws, params)
+            if rotating:
+                check_keys(ws, params, signs)
+            if signs:
+                from tasks.transparency import ensure_log
+
+                if ensure_log(ws, params):
+                    notice("built the erasure log (lineage/log) from the certificates written before it")
+            waterfall.mark("recover")
+            yield ws, params
 
 
 def check_keys(ws: Workspace, params, signs: bool) -> None:

@@ -23,7 +23,6 @@ interrupted one is finished by the next writing command (``flows/guard.py:recove
 from __future__ import annotations
 
 import os
-import secrets
 
 from tasks.erasure import advance, now, state_before
 from tasks.workspace import Workspace, create_key_file
@@ -95,7 +94,11 @@ def rotate(workspace: str, key: str, params: Params, reason: str = "") -> dict:
             return {**interrupted, "finished_interrupted": True}
         _refuse(ws, params, key)
         if key == "subject":
-            new_key = _fresh(ws.layout.private / "subject.key.new", secrets.token_hex(32))
+            from unlearnflow.datasets import load_dataset
+            from unlearnflow.keys import usable_subject_key
+
+            subjects = load_dataset(params.data, ws.layout.ingest_cache).subject_ids  # raw ids, as the source has them
+            new_key = _fresh(ws.layout.private / "subject.key.new", usable_subject_key(subjects, params.data))
             fields = {"old_id": ws.recorded_subject_key_id(), "new_id": key_id(new_key.encode()),
                       **state_before(params, str(ws.root))}
         else:

@@ -1,6 +1,8 @@
 """The Prefect API a command's flows talk to: the configured server (PREFECT_API_URL), else
-a temporary local one that this module starts, with a start-up budget that holds on a busy
-2-core machine and a line saying what is being waited for.
+the local server kept between commands (``flows/local_server.py``), started by the first
+command that needs it, with a start-up budget that holds on a busy 2-core machine and a line
+saying what is being waited for; with ``UNLEARNFLOW_PREFECT_SERVER=temporary``, a temporary
+server for this command only, as Prefect itself would start.
 
 Prefect gives its temporary server 20 s by default; creating a fresh Prefect database takes
 15-20 s on these machines, longer when the other core is busy, so a first run could die
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from unlearnflow.errors import UnlearnflowError
@@ -36,6 +39,38 @@ def startup_budget() -> float:
     if value <= 0:
         raise PrefectUnavailable(f"UNLEARNFLOW_PREFECT_STARTUP_SECONDS = {raw!r} is invalid: expected seconds > 0")
     return value
+
+
+SERVER_MODES = ("local", "temporary")
+
+
+def server_mode() -> str:
+    mode = os.environ.get("UNLEARNFLOW_PREFECT_SERVER", "local") or "local"
+    if mode not in SERVER_MODES:
+        raise PrefectUnavailable(f"UNLEARNFLOW_PREFECT_SERVER = {mode!r} is not one of: {', '.join(SERVER_MODES)}")
+    return mode
+
+
+@contextmanager
+def prefect_api(notice):
+    """The command's flows talk to a running API inside this block: the configured one, else
+    the local server (started if none runs; ``flows/local_server.py``), else (mode
+    ``temporary``) Prefect's temporary server. Yields the seconds a start took (None: none)."""
+    import prefect.settings
+
+    configured = os.environ.get("PREFECT_API_URL") or prefect.settings.PREFECT_API_URL.value()
+    if configured or server_mode() == "temporary":
+        yield ensure_prefect_api(notice)
+        return
+    from flows import local_server
+
+    url, seconds = local_server.use(notice, startup_budget())
+    os.environ["PREFECT_API_URL"] = url  # for processes this command starts
+    try:
+        with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: url}):
+            yield seconds
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def ensure_prefect_api(notice) -> float | None:

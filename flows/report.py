@@ -101,6 +101,14 @@ def erase(result: dict) -> None:
     print(f"model version {m['version']} ({served(m)}); previous {result['previous_version'] or '-'}; "
           f"superseded versions purged: {', '.join(f'v{v}' for v in result['superseded_purged']) or 'none'}")
     print(f"certificate {result['certificate']}")
+    log = result.get("erasure_log")
+    if log:
+        w = log["witnesses"]
+        print(f"erasure log: size {log['log_size']}, checkpoint {log['checkpoint']}"
+              + (f"; cosigned by {', '.join(w['cosigned'])}" if w["cosigned"] else "")
+              + "".join(f"; NOT cosigned by {m['witness']} ({m['reason']}): the next checkpoint brings it up to date"
+                        for m in w["missed"]))
+        print(f"  receipts: unlearnflow receipt --request <id> -o FILE (one per request)")
     print(f"compute {result['compute_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
 
 

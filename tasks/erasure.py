@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.faults import crash_point, fail_point
+from tasks.faults import crash_point, fail_point, pause_point
 from tasks.workspace import Workspace
 from unlearnflow import certificates
 from unlearnflow.checkpoints import CheckpointStore
@@ -33,13 +33,14 @@ def now() -> str:
 # and every step done, in this order; a crash after any of them is finished by the next
 # writing command (``flows/guard.py:recover``), which runs the flow again from the journal.
 STEPS = ("begun", "resolved", "computed", "audited", "purged", "data_committed", "registered", "certified",
-         "promoted")
+         "logged", "promoted")
 
 
 def advance(ws: Workspace, state: dict, step: str, **values) -> dict:
     """Record that ``step`` is done (durably), then the fault-injection point of that step."""
     state = ws.journal().update(state, step, **values)
     crash_point(step)
+    pause_point(step)
     return state
 
 
@@ -233,7 +234,7 @@ def close_unmatched(ws: Workspace, state: dict, resolved: dict, commit: bool, se
 
 
 def certificate_body(params: Params, state: dict, resolved: dict, affected: dict, after: dict, lineage: dict,
-                     tracked: dict, built: dict, audited: dict, purged: dict) -> dict:
+                     tracked: dict, built: dict, audited: dict, purged: dict, root: str) -> dict:
     """What the erasure's certificate says (``certificates.body``), from the flow's steps."""
     remote = lineage.get("dvc_remote")
     return certificates.body(
@@ -246,7 +247,19 @@ def certificate_body(params: Params, state: dict, resolved: dict, affected: dict
         purged={**purged, "dvc_cache": "gc --workspace" + (f" --cloud --remote {remote}" if remote else "")},
         superseded=("kept: " + params.retention.reason) if params.retention.keep_superseded
         else "model files deleted once this version is in production",
-        train_device=", ".join(sorted({s["device"] for s in built["shards"]})))
+        train_device=", ".join(sorted({s["device"] for s in built["shards"]})),
+        erasure_log=log_position(Workspace(root), params, resolved))
+
+
+def log_position(ws: Workspace, params: Params, resolved: dict) -> dict:
+    """Where the certificate's requests will be in the erasure log: its origin, the first
+    leaf's index and the size of the checkpoint that ends with them."""
+    from tasks import transparency
+    from unlearnflow.tlog import leaves_from_certificates
+
+    first = len(leaves_from_certificates(ws.layout.certificates))
+    return {"origin": transparency.log_origin(ws, params), "first_index": first,
+            "checkpoint_size": first + len(resolved["requests"])}
 
 
 def serve(ws: Workspace, params: Params, tracked: dict, metrics: dict, audited: dict, eid: str) -> dict:

@@ -4,14 +4,17 @@
 ``certified``) makes the process kill itself with SIGKILL right after that step is
 recorded: no ``finally`` block, no clean-up, exactly what a kill -9 or a power cut
 leaves behind. ``UNLEARNFLOW_FAIL_AT=<point>`` makes the task at that point raise an
-``InjectedFault`` instead: an error inside a flow, as a user would meet one. Unset (always,
-outside tests), both do nothing.
+``InjectedFault`` instead: an error inside a flow, as a user would meet one.
+``UNLEARNFLOW_PAUSE_AT=<step>:<seconds>`` makes an erasure wait that long after the step is
+recorded: a run that is still working when a test files another request. Unset (always,
+outside tests), all three do nothing.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from unlearnflow.errors import UnlearnflowError
 
@@ -23,6 +26,12 @@ class InjectedFault(UnlearnflowError):
 def crash_point(step: str) -> None:
     if os.environ.get("UNLEARNFLOW_CRASH_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause_point(step: str) -> None:
+    where, _, seconds = os.environ.get("UNLEARNFLOW_PAUSE_AT", "").partition(":")
+    if where == step:
+        time.sleep(float(seconds or 0))
 
 
 def fail_point(where: str) -> None:

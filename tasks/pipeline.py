@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from tasks import lineage as lineage_mod
+from tasks import warmup
 from tasks.workspace import Workspace
 from unlearnflow import stages
 from unlearnflow.config import AggregateConfig, DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.layout import Layout
 from unlearnflow.progress import progress_callbacks
+from unlearnflow.timing import Clock
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -45,28 +45,6 @@ def _executor() -> str:
         return f"local {socket.gethostname()} pid {os.getpid()}"
 
 
-class Clock:
-    """Seconds per step of a flow: ``mark(step)`` when a step ends; ``steps()`` for the result."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.started_at = time.time()  # wall clock: the flow's MLflow run starts here
-        self.marks = [("start", self.start)]
-
-    def mark(self, step: str) -> None:
-        self.marks.append((step, time.perf_counter()))
-
-    def since_start(self) -> float:
-        return round(time.perf_counter() - self.start, 2)
-
-    def since(self, step: str) -> float:
-        """Seconds since ``step`` was marked."""
-        return time.perf_counter() - dict(self.marks)[step]
-
-    def steps(self) -> dict[str, float]:
-        return {step: round(t - self.marks[i][1], 2) for i, (step, t) in enumerate(self.marks[1:])}
-
-
 def build(params, root: str, clock: Clock) -> dict:
     """The SISA pipeline's computation inside a flow: prepare, partition, train every shard
     (mapped: affected shards resume from their newest clean checkpoint, the others reuse every
@@ -75,11 +53,12 @@ def build(params, root: str, clock: Clock) -> dict:
     clock.mark("prepare")
     partitioned = partition(params.partition, root)
     clock.mark("partition")
+    warmup.start()  # what evaluate, the audit and MLflow will load, loaded while the shards train
     futures = train_shard.map(unmapped(params.train), unmapped(root), params.partition.shards)
     shards = [f.result() for f in futures]
     clock.mark("train")
     ensemble = aggregate(params.aggregate, params.partition, root)
-    metrics = evaluate(root, params.train.device)
+    metrics = evaluate(root, params.train.device, params.runner.workers)
     clock.mark("evaluate")
     return {"prepared": prepared, "partition": partitioned, "shards": shards, "ensemble": ensemble,
             "metrics": metrics}
@@ -91,8 +70,8 @@ def aggregate(cfg: AggregateConfig, partition_cfg: PartitionConfig, root: str) -
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(root: str, device: str = "auto") -> dict:
-    return stages.evaluate_stage(Layout(root), device)
+def evaluate(root: str, device: str = "auto", workers: int = 1) -> dict:
+    return stages.evaluate_stage(Layout(root), device, workers)
 
 
 @task(name="score-for-audits", cache_policy=NO_CACHE)
@@ -116,27 +95,28 @@ def score_for_audits(params, root: str) -> dict:
 @task(name="record-lineage", cache_policy=NO_CACHE)
 def record_lineage(root: str, commit: bool, message: str, gc: bool = False) -> dict:
     """dvc commit (hashes into dvc.lock + cache), ``dvc push`` to the workspace's DVC remote if
-    it has one, then git commit of the lineage files. With ``gc``, objects the workspace no
-    longer uses (erased data) are deleted from the cache and from the remote."""
+    it has one, then git commit of the lineage files (DVC through its Python API, in this
+    process: ``lineage.dvc_record``). With ``gc``, objects the workspace no
+    longer uses (erased data) are deleted from the cache and from the remote. ``seconds``: each
+    part's."""
     ws = Workspace(root)
-    lineage_mod.dvc_commit(ws.root)
+    clock = Clock()
     remote = lineage_mod.dvc_remote(ws.root)
-    if remote:
-        lineage_mod.dvc_push(ws.root, remote)
-    if gc:
-        lineage_mod.dvc_gc_workspace(ws.root, remote)
+    clean, status = lineage_mod.dvc_record(ws.root, remote, gc, clock)  # DVC in this process
     info = lineage_mod.lock_info(ws.root)
     head = lineage_mod.git_commit_lineage(ws.root, message) if commit else lineage_mod.git_head(ws.root)
-    clean, status = lineage_mod.dvc_status_clean(ws.root)
+    dirty = lineage_mod.git_is_dirty(ws.root)
+    clock.mark("git_commit")
     data_version = info["outs"].get("prepare", {}).get("data/prepared") or ""
     return {
         **info,
         "git_commit": head,
-        "git_dirty": lineage_mod.git_is_dirty(ws.root),
+        "git_dirty": dirty,
         "dvc_status_clean": clean,
         "dvc_status": status,
         "data_version": data_version,
         "dvc_remote": remote,
+        "seconds": clock.steps(),
     }
 
 

@@ -1,7 +1,8 @@
 """The served model: an MLflow pyfunc that loads the S constituents and aggregates.
 
 Logged as MLflow "models from code": MLflow stores this file and runs it on load
-(``set_model`` below), so no Python object is pickled.
+(``set_model`` below), so no Python object is pickled. The core package it imports is the
+artifact ``code``, a zip (``tasks.tracking.code_archive``) put on ``sys.path`` here.
 
 Input: images as an array or DataFrame, either (N, C, H, W) uint8 or flattened
 (N, C*H*W) pixel values in 0..255. Output: predicted class indices (N,), or with
@@ -11,6 +12,7 @@ and what ``unlearnflow audit`` scores (see ``OUTPUTS``).
 """
 
 import json
+import sys
 
 import mlflow.models
 import mlflow.pyfunc
@@ -22,6 +24,9 @@ OUTPUTS = ("classes", "probabilities")  # params={"output": ...}; the signature 
 
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        code = context.artifacts.get("code")  # the core package as one zip (versions logged before it: code/)
+        if code and code not in sys.path:
+            sys.path.insert(0, code)
         from unlearnflow.ensemble import Ensemble, load_constituent
 
         spec = json.loads(open(context.artifacts["ensemble"]).read())

@@ -50,6 +50,7 @@ def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bo
         mv = _latest_exact_version(ws, name)
     checks.append(_hashes_agree(ws, params, mv, certs, latest))
     checks += _certificates_intact(ws, params, mv, chain)
+    checks.append(_erasure_log_intact(ws, chain))
     checks += _store_checks(ws, name)
     if retrain:
         shards = list(params.partition.shards) if retrain_all or not latest else [int(k) for k in latest["affected_shards"]]
@@ -150,6 +151,22 @@ def _certificates_intact(ws: Workspace, params: Params, mv, chain: list) -> list
                   "; ".join(problems) or "; ".join([f"{len(chain)} certificate(s)", *rotated])),
             Check("certificates equal their git and MLflow copies; none missing", not copies,
                   "; ".join(copies[:4]) or f"{len(chain)} certificate(s) = committed blob = MLflow copy")]
+
+
+def _erasure_log_intact(ws: Workspace, chain: list) -> Check:
+    """4. the erasure log: its leaves are the certificates' requests in order, every checkpoint
+    is signed by a workspace key, none of one size differs from another, each is consistent
+    with the next, and the newest is the root of all of them (``unlearnflow.tlog``)."""
+    from tasks import transparency
+
+    log = transparency.erasure_log(ws)
+    if not log.exists() and not any("requests" in json.loads(p.read_text()) for p in chain):
+        return Check("erasure log: leaves = certificates' requests, checkpoints signed and consistent", True,
+                     "no erasure yet: the log starts with the first")
+    problems = log.problems(transparency.signing_keys(ws))
+    return Check("erasure log: leaves = certificates' requests, checkpoints signed and consistent", not problems,
+                 "; ".join(problems[:4]) or f"{len(log.leaves())} leaves, {len(log.checkpoints())} checkpoint(s), "
+                 f"origin {log.origin()}")
 
 
 def _retrained_equals_served(ws: Workspace, params: Params, shards: list[int]) -> Check:

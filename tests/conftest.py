@@ -4,14 +4,17 @@ workspace live in temporary directories, never in the checkout."""
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+_STARTED = time.time()
 _TMP = Path(tempfile.mkdtemp(prefix="unlearnflow-tests-"))
 os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as tasks/ does: deterministic cuBLAS
 from flows.cli import QUIET_ENV  # noqa: E402  (imports no Prefect)
 
 os.environ.update(QUIET_ENV)
+os.environ.setdefault("UNLEARNFLOW_SERVER_IDLE_SECONDS", "300")  # a safety net: sessionfinish stops them
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("UNLEARNFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
@@ -28,7 +31,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_sessionfinish(session, exitstatus):
+    stop_local_servers()
     shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def stop_local_servers(since: float | None = None) -> list[int]:
+    """Stop every local Prefect server (flows/local_server.py) started since the session began,
+    whatever Prefect home it serves: the suite leaves none running (.ci/run checks)."""
+    import psutil
+
+    from flows import local_server
+
+    stopped = []
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = proc.info["cmdline"] or []
+        if "flows.local_server" in cmd and "--home" in cmd and proc.info["create_time"] >= (since or _STARTED) - 1:
+            local_server.stop(Path(cmd[cmd.index("--home") + 1]))
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+            stopped.append(proc.pid)
+    return stopped
 
 
 def make_records(n: int = 200, seed: int = 0, shape=(1, 8, 8), classes: int = 4) -> RecordSet:

@@ -55,56 +55,98 @@ def prefect_server(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_path):
-    env = prefect_server
-    ws = tmp_path / "ws"
-
+def unlearnflow(env, cwd):
     def run(*args):
-        return subprocess.run([str(BIN / "unlearnflow"), *args], cwd=tmp_path, env=env, capture_output=True,
+        return subprocess.run([str(BIN / "unlearnflow"), *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=300)
+    return run
 
+
+def small_workspace(run, ws: Path, method: str) -> None:
     assert run("init", str(ws), "--dataset", "digits", "--model", "mlp").returncode == 0
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"].update({"epochs": 4, "augment": False})
     params["partition"]["shards"] = [0, 1, 2]
     params["promote"]["min_test_accuracy"] = 0.3
-    params["unlearn"]["method"] = "amun"  # the served flow: fast path first, then the exact erasure
+    params["unlearn"]["method"] = method
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     lineage.git(ws, *lineage.GIT_IDENTITY, "commit", "-qam", "params")
     trained = run("train", "-C", str(ws))
     assert trained.returncode == 0, trained.stderr[-2000:]
 
-    server = subprocess.Popen([str(BIN / "unlearnflow"), "serve", "-C", str(ws)], env=env, cwd=tmp_path,
+
+def start_serving(env, ws: Path, cwd: Path, method: str):
+    server = subprocess.Popen([str(BIN / "unlearnflow"), "serve", "-C", str(ws)], env=env, cwd=cwd,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert server.stdout.readline().startswith("unlearnflow serve: loading")  # said before the slow imports
+    first = server.stdout.readline()
+    assert "serving the erase flow" in first, first  # said once it follows the server's event stream
+    assert ("after the fast path (amun)" in first) == (method == "amun")
+    return server
+
+
+def emit(env) -> None:
+    emitted = subprocess.run(
+        [sys.executable, "-c", "from prefect.events import emit_event; "
+         "emit_event(event='unlearnflow.erasure.requested', resource={'prefect.resource.id': 'unlearnflow.test'})"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert emitted.returncode == 0, emitted.stderr
+
+
+def production(run, ws):
+    out = run("status", "-C", str(ws), "--json")
+    return json.loads(out.stdout)["production"] if out.returncode == 0 else None
+
+
+def stop(server) -> str:
+    os.killpg(server.pid, signal.SIGTERM)
+    out, _ = server.communicate(timeout=30)
+    return out
+
+
+def test_an_event_from_another_process_runs_the_erase_flow(prefect_server, tmp_path):
+    env = prefect_server
+    ws = tmp_path / "ws"
+    run = unlearnflow(env, tmp_path)
+    small_workspace(run, ws, "amun")  # the served flow: fast path first, then the exact erasure
+    server = start_serving(env, ws, tmp_path, "amun")
     try:
-        assert server.stdout.readline().startswith("unlearnflow serve: loading")  # said before the slow imports
-        first = server.stdout.readline()
-        assert "serving the erase flow" in first and "after the fast path (amun)" in first
-        api = env["PREFECT_API_URL"]
-
-        def deployment_ready():
-            req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}",
-                                         headers={"Content-Type": "application/json"})
-            return b"erase-on-request" in urllib.request.urlopen(req, timeout=5).read()
-
-        wait_until(deployment_ready, 60, "the served deployment", server)
-        time.sleep(2)  # the trigger is registered with the deployment; give the server a beat to load it
         assert run("forget", "-C", str(ws), "--subject", "s042", "--no-wait").returncode == 0
-        emitted = subprocess.run(
-            [sys.executable, "-c", "from prefect.events import emit_event; "
-             "emit_event(event='unlearnflow.erasure.requested', resource={'prefect.resource.id': 'unlearnflow.test'})"],
-            env=env, capture_output=True, text=True, timeout=60)
-        assert emitted.returncode == 0, emitted.stderr
-        def production():
-            out = run("status", "-C", str(ws), "--json")
-            return json.loads(out.stdout)["production"] if out.returncode == 0 else None
-
-        wait_until(lambda: (production() or {}).get("version") == "3", 240, "production = the erase flow's version",
-                   server)
-        assert production()["kind"] == "erase"
+        emit(env)
+        wait_until(lambda: (production(run, ws) or {}).get("version") == "3", 240,
+                   "production = the erase flow's version", server)
+        assert production(run, ws)["kind"] == "erase"
         assert any((ws / "lineage" / "certificates").glob("0001-*.json"))
         approximations = list((ws / "lineage" / "approximations").glob("0001-*.json"))  # v2: the fast path's
         assert len(approximations) == 1 and json.loads(approximations[0].read_text())["new_version"] == "2"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
+
+
+def test_a_request_filed_while_a_run_works_is_taken_by_that_run_without_a_second_event(prefect_server, tmp_path):
+    """The drain: one event; a second request filed while the run is working (held 10 s after
+    its 'computed' step by UNLEARNFLOW_PAUSE_AT) is certified by the same run, no event for it."""
+    env = prefect_server
+    ws = tmp_path / "ws"
+    run = unlearnflow(env, tmp_path)
+    small_workspace(run, ws, "sisa")
+    server = start_serving({**env, "UNLEARNFLOW_PAUSE_AT": "computed:10"}, ws, tmp_path, "sisa")
+    journal = ws / ".unlearnflow" / "journal.json"
+    try:
+        assert run("forget", "-C", str(ws), "--subject", "s042", "--no-wait").returncode == 0
+        emit(env)
+        wait_until(lambda: journal.is_file() and '"computed"' in journal.read_text(), 120,
+                   "the run at work (its 'computed' step done)", server)
+        filed = run("forget", "-C", str(ws), "--subject", "s043", "--no-wait")
+        assert filed.returncode == 0, filed.stderr
+        second = filed.stdout.split()[1]  # "request <id> filed …"
+        batch = json.loads(journal.read_text())
+        assert second not in batch["request_ids"] and "computed" in batch["steps"]  # filed while batch 1 works
+        wait_until(lambda: len(list((ws / "lineage" / "certificates").glob("*.json"))) == 2, 180,
+                   "both requests certified", server)
+        status = json.loads(run("status", "-C", str(ws), "--json").stdout)
+        assert status["requests_pending_exact"] == []
+    finally:
+        out = stop(server)
+    assert "run done: 2 batch(es): erased (1 request(s)), erased (1 request(s))" in out, out[-3000:]
+    assert out.count("run done") == 1, out[-3000:]  # one run took both: the second needed no event

@@ -194,7 +194,8 @@ def certified_logreg(x, y, classes=4, lam=1e-3):
 def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
     model, x, y = tiny_task()
     forget, retain = Edit(x[:12], y[:12], train_size=len(y)), Data(x[12:], y[12:])
-    cfg = UnlearnConfig(lr=0.05, epochs=10, use_retain=use_retain)  # one setting for every method
+    # one setting for every method (fisher_scale, read by fisher alone, at the scale this tiny MLP needs)
+    cfg = UnlearnConfig(lr=0.05, epochs=10, use_retain=use_retain, fisher_scale=1e-5)
     method = create_unlearner(name)
     if method.accepts(model):  # a method for one kind of model (certified_removal): that model
         with pytest.raises(ValueError, match=f"method '{name}' cannot update this model"):
@@ -313,3 +314,38 @@ def test_methods_for_one_kind_of_model_refuse_other_configs_by_name():
     for name in ("cnn", "mlp", "resnet18", "logreg"):
         model = create_model(name, (1, 8, 8) if name == "mlp" else (3, 32, 32), 4, seed=0)
         assert (last.refuses(TrainConfig(model=name)) is None) == (last().accepts(model) is None), name
+
+
+# --- Fisher forgetting and SalUn on a small convex model ----------------------------------
+
+def private_feature_task(n=200, forget=10, seed=0):
+    """Logistic regression (convex) on 6 features; the forget records alone carry a 7th, with
+    labels only it explains: the model fits them through weights the retain data never uses."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, 1, 7, dtype=torch.float64)
+    x[:, 0, 0, :6] = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0, 0, 0] > 0).long()
+    x[:forget, 0, 0, 6] = 3.0
+    y[:forget] = 1 - y[:forget]  # wrong by the shared features: memorised through the private one
+    model = fit_logistic(x, y)
+    return model, x, y, forget
+
+
+def mean_loss(model, x, y) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("fisher", UnlearnConfig(fisher_scale=1e-4, fisher_max_variance=25.0)),
+    ("salun", UnlearnConfig(lr=0.05, epochs=10, salun_sparsity=0.5)),
+])
+def test_fisher_and_salun_raise_the_forget_loss_and_keep_the_retain_loss_within_a_bound(name, cfg):
+    """Bound: the retain loss rises by at most 0.1 nats, while the forget loss rises by at least 1 nat."""
+    model, x, y, k = private_feature_task()
+    forget, retain = Edit(x[:k], y[:k], train_size=len(y)), Data(x[k:], y[k:])
+    updated, result = create_unlearner(name)(model, forget, retain, cfg)
+    before_f, after_f = mean_loss(model, x[:k], y[:k]), mean_loss(updated, x[:k], y[:k])
+    before_r, after_r = mean_loss(model, x[k:], y[k:]), mean_loss(updated, x[k:], y[k:])
+    assert after_r - before_r <= 0.1, (before_r, after_r, result.details)
+    assert after_f >= before_f + 1.0, (before_f, after_f, result.details)

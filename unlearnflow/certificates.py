@@ -215,7 +215,7 @@ def _serving(affected: dict, after: dict, lineage: dict, previous_version: str, 
 
 def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, after: dict, lineage: dict,
          previous_version: str, new_version: str, registered_model: str, metrics: dict, audit: dict,
-         purged: dict, superseded: str, train_device: str = "cpu") -> dict:
+         purged: dict, superseded: str, train_device: str = "cpu", erasure_log: dict | None = None) -> dict:
     """What a certificate says, from the state before and after the erasure (``after``:
     ``snapshot`` of the constituents now; ``affected``: ``affected_shards``)."""
     return {
@@ -230,4 +230,6 @@ def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, af
         "purged": purged,
         "audit": audit,
         "superseded_versions": superseded,
+        # where its requests go in the erasure log (``tlog.py``): leaves first_index.. of the checkpoint of size
+        **({"erasure_log": erasure_log} if erasure_log else {}),
     }

@@ -223,6 +223,9 @@ class UnlearnConfig:
     pgd_steps: int = 10  # AMUN: L2 PGD steps per radius
     eps_init: float | None = None  # AMUN: first L2 radius; null = from each example's logit margin
     eps_doublings: int = 8  # AMUN: times the radius may double before giving up on an example
+    fisher_scale: float = 1e-7  # fisher: noise variance = fisher_scale / F (the retain data's diagonal Fisher)
+    fisher_max_variance: float = 1e-3  # fisher: the cap on that variance (weights the retain data never uses)
+    salun_sparsity: float = 0.5  # salun: share of weights frozen (smallest forget-loss gradient)
     amun_retain: str = "full"  # AMUN with retain data: full = each epoch passes over retain + forget + adversarial
     #                            examples (the authors' protocol); batch = each batch of forget + adversarial
     #                            examples joined by as many random retain records (cost follows the forget set)
@@ -239,6 +242,9 @@ class UnlearnConfig:
         _check(self.lissa_scale > 0, "unlearn.lissa_scale", self.lissa_scale, "a positive number")
         _check(self.eps_init is None or self.eps_init > 0, "unlearn.eps_init", self.eps_init,
                "a positive number or null")
+        _check(self.fisher_scale > 0 and self.fisher_max_variance > 0, "unlearn.fisher_scale/fisher_max_variance",
+               (self.fisher_scale, self.fisher_max_variance), "positive numbers")
+        _check(0 <= self.salun_sparsity < 1, "unlearn.salun_sparsity", self.salun_sparsity, "a number in [0, 1)")
         _check(self.amun_retain in ("full", "batch"), "unlearn.amun_retain", self.amun_retain, "'batch' or 'full'")
 
 
@@ -274,6 +280,36 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
+class WitnessConfig:
+    """A witness (c2sp.org/tlog-witness) that cosigns the erasure log's checkpoints."""
+
+    url: str = ""  # its submission prefix: POST <url>/add-checkpoint
+    key: str = ""  # its verifier key, <name>+<key id>+<base64 of 0x04 || Ed25519 public key>
+
+    def __post_init__(self):
+        _check(self.url.startswith(("http://", "https://")), "lineage.witnesses[].url", self.url,
+               "an http:// or https:// URL (the witness's submission prefix)")
+        _check(self.key.count("+") >= 2 and bool(self.key.split("+", 1)[0]), "lineage.witnesses[].key", self.key,
+               "the witness's verifier key: <name>+<key id hex>+<base64> (`unlearnflow witness key` prints it)")
+
+
+@dataclass(frozen=True)
+class LineageConfig:
+    """The erasure log's witnesses: each new checkpoint is sent to each for a cosignature before
+    production moves. One that does not answer is recorded as a gap (the next checkpoint brings
+    it up to date); one that refuses (the history differs from what it cosigned) stops promotion."""
+
+    witnesses: tuple[WitnessConfig, ...] = ()
+    witness_timeout_seconds: float = 5.0
+
+    def __post_init__(self):
+        _check(self.witness_timeout_seconds > 0, "lineage.witness_timeout_seconds", self.witness_timeout_seconds,
+               "a positive number of seconds")
+        names = [w.key.split("+", 1)[0] for w in self.witnesses]
+        _check(len(set(names)) == len(names), "lineage.witnesses", names, "witnesses with distinct key names")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -285,6 +321,7 @@ class Params:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
 
     def __post_init__(self):
         _check(self.train.certified is None or not self.partition.overlap, "partition.overlap",
@@ -362,6 +399,6 @@ def to_dict(obj) -> dict:
         if dataclasses.is_dataclass(v):
             v = to_dict(v)
         elif isinstance(v, tuple):
-            v = list(v)
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
         out[f.name] = v
     return out

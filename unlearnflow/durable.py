@@ -4,6 +4,7 @@ and one writer per workspace.
     atomic_write(path, data)   temp file + fsync + rename + fsync of the directory
     Journal(path)              what an interrupted multi-step operation had done
     WorkspaceLock(path, ...)   an exclusive lock held by one process at a time
+    FileLock(path)             a plain blocking flock around one short read-modify-write
 
 The lock is an ``flock`` on a file: the kernel drops it when its process dies (kill -9
 included), so a lock left by a dead process never needs breaking by hand; the file
@@ -44,6 +45,23 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` for the length of a ``with`` block (blocking; the
+    kernel drops it if the process dies). ``mode`` is the file's permissions when created."""
+
+    def __init__(self, path: Path, mode: int = 0o644):
+        self.path, self.mode = path, mode
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, self.mode)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 class Journal:

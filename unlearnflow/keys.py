@@ -79,3 +79,29 @@ def read_record(path: str | Path) -> KeyRecord:
 
 def write_record(path: str | Path, record: KeyRecord) -> None:
     atomic_write(path, (json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n").encode())
+
+
+def usable_subject_key(subjects, cfg, draw=None, tries: int = 200) -> str:
+    """A new subject key (64 hex digits) under which every split ``cfg`` asks for (train, test,
+    and holdout when ``data.holdout_fraction`` > 0) holds at least one of ``subjects`` (raw
+    ids). Splits are drawn from pseudonyms, so a fresh random key can leave the test split
+    empty on a small dataset (about 1 key in 600 for 60 people at 10%), and the rotation's
+    retraining would then fail after the key was switched. ``draw``: where candidate keys come
+    from (default ``secrets.token_hex(32)``)."""
+    import secrets
+
+    from unlearnflow.errors import ConfigError
+    from unlearnflow.pseudonyms import pseudonym, subject_key
+    from unlearnflow.records import split_of
+
+    draw = draw or (lambda: secrets.token_hex(32))
+    wanted = {"train", "test"} | ({"holdout"} if cfg.holdout_fraction > 0 else set())
+    subjects = sorted(set(subjects))
+    for _ in range(tries):
+        key = draw()
+        skey = subject_key(True, key.encode())
+        if wanted <= {split_of(pseudonym(skey, s), cfg) for s in subjects}:
+            return key
+    raise ConfigError(f"no new subject key among {tries} drawn puts one of the {len(subjects)} subject(s) in each of "
+                      f"the splits {', '.join(sorted(wanted))}: add subjects, or raise data.test_fraction / "
+                      f"data.holdout_fraction")

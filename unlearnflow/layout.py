@@ -13,6 +13,7 @@
     lineage/audits/<erasure>.png                    (git)      each erasure's confidence histogram
     lineage/approximations/<n>-<id>.json            (git)      one record per fast-path (approximate) version
     lineage/keys.json                               (git)      the subject key's fingerprint, the signing public key
+    lineage/log/                                    (git)      the erasure log (``tlog.py``): leaves, signed checkpoints
     .unlearnflow/                                   (ignored)  subject and signing keys, tombstones of erased
                                                                records, the journal, the workspace lock
 """
@@ -50,6 +51,10 @@ class Layout:
     approximations = _at("lineage", "approximations",
                          doc="One JSON record per fast-path (approximate) version: NNNN-<approximation id>.json.")
     audits = _at("lineage", "audits", doc="The confidence histogram of each erasure's audit: <erasure id>.png.")
+    erasure_log = _at("lineage", "log", doc="The erasure log: a Merkle tree of every request carried out, with "
+                                            "its signed checkpoints (``tlog.ErasureLog``).")
+    erasure_log_tree = _at(".unlearnflow", "log-tree", doc="The erasure log's tree by level (``tlog.TreeStore``): "
+                                                           "a cache, rebuilt from lineage/log/leaves.txt.")
     keys = _at("lineage", "keys.json", doc="What identifies the workspace's keys without revealing them (``keys.py``).")
 
     # workspace state that must never enter git
@@ -71,7 +76,7 @@ class Layout:
     @property
     def git_tracked(self) -> list[Path]:
         """What git versions beside dvc.lock: the ledger and every lineage record."""
-        return [self.ledger, self.keys, self.certificates, self.audits, self.approximations]
+        return [self.ledger, self.keys, self.certificates, self.audits, self.approximations, self.erasure_log]
 
     def split_dir(self, split: str) -> Path:
         return self.prepared / split

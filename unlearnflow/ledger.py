@@ -23,7 +23,6 @@ Subjects and file names are stored as pseudonyms (``pseudonyms.py``), never raw.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlearnflow.durable import atomic_write, fsync_dir
+from unlearnflow.durable import FileLock, atomic_write, fsync_dir
 from unlearnflow.errors import ConfigError, UnlearnflowError
 from unlearnflow.hashing import hash_json
 
@@ -301,7 +300,7 @@ class Ledger:
 
     def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return _FileLock(self.path.with_suffix(".lock"))
+        return FileLock(self.path.with_suffix(".lock"))
 
 
 def _restore(lines: list[bytes], bad: list[int], committed: bytes | None) -> tuple[list[bytes], list[int]]:
@@ -359,17 +358,3 @@ def _apply(state: LedgerState, ev: dict) -> None:
         r.status = "rekeyed"
         new = Request.from_json(ev["request"])
         state.requests.setdefault(new.request_id, RequestState(new, r.filed_at))
-
-
-class _FileLock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)

@@ -34,6 +34,7 @@ class Card:
     audit_before: dict | None = None
     forgotten: dict | None = None  # erased vs holdout mean confidence (erased_record_metrics)
     links: dict = field(default_factory=dict)  # label -> url: certificate, histogram, record, run
+    erasure_log: dict | None = None  # origin, log_size, root, checkpoint, witnesses {cosigned, missed}
 
 
 def render(card: Card) -> str:
@@ -51,6 +52,12 @@ def render(card: Card) -> str:
     for label in ("certificate", "record"):
         if label in card.links:
             lines.append(f"| {label} | [{card.links[label][0]}]({card.links[label][1]}) |")
+    if card.erasure_log:
+        log, w = card.erasure_log, card.erasure_log.get("witnesses") or {}
+        lines.append(f"| erasure log | size {log['log_size']}, root `{(log['root'] or '-')[:16]}…`, checkpoint "
+                     f"`{log['checkpoint'].rsplit('/', 1)[-1]}` of `{log['origin']}` |")
+        lines.append(f"| witnesses | cosigned by {', '.join(w.get('cosigned') or []) or 'none'}"
+                     + "".join(f"; missed: {m['witness']}" for m in w.get("missed") or []) + " |")
     lines += ["", "#### Constituents", "", "| shard | manifest md5 | model md5 | this version |", "|---|---|---|---|"]
     for shard, c in sorted(card.constituents.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {shard} | `{c.get('manifest_md5') or '-'}` | `{c.get('model_md5') or '-'}` | {c['trained']} |")

@@ -174,16 +174,17 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(pred) == np.asarray(labels)).mean()) if len(labels) else float("nan")
 
 
-def evaluate_stage(layout: Layout, device: str = "auto") -> dict:
+def evaluate_stage(layout: Layout, device: str = "auto", workers: int = 1) -> dict:
     """Test accuracy of every constituent and of the ensemble under each aggregation rule.
-    Outputs go through the workspace's output cache: an erasure scores only what it retrained."""
+    Outputs go through the workspace's output cache: an erasure scores only what it retrained,
+    batch by batch on ``workers`` threads."""
     ensemble = load_ensemble(layout)  # checks the constituents' md5s
     paths = [str(layout.root / c["path"]) for c in json.loads(layout.ensemble.read_text())["constituents"]]
     test = load_split(layout, "test")
     if not len(test):
         raise ConfigError("the test split is empty: data.test_fraction drew none of this dataset's subjects "
                           "(splits are drawn per subject, from their pseudonyms); raise data.test_fraction")
-    probs = np.stack(OutputCache(layout.outputs_cache, resolve(device)).probabilities(paths, test))  # (S, N, K)
+    probs = np.stack(OutputCache(layout.outputs_cache, resolve(device)).probabilities(paths, test, workers=workers))  # (S, N, K)
 
     by_method = {m: accuracy(aggregate(probs, m).argmax(1), test.labels) for m in AGGREGATORS.names()}
     metrics = {

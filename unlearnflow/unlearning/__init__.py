@@ -13,7 +13,8 @@ from unlearnflow.config import EXACT_METHOD, TrainConfig
 from unlearnflow.errors import ConfigError
 from unlearnflow.unlearning._base import UNLEARNERS, Data, Edit, Unlearner, UnlearnResult, register_unlearner
 from unlearnflow.unlearning import (  # noqa: F401  (registration)
-    amun, certified_removal, finetune, gradient_ascent, influence, influence_last_layer, random_label, retrain,
+    amun, certified_removal, finetune, fisher, gradient_ascent, influence, influence_last_layer, random_label, retrain,
+    salun,
 )
 
 

@@ -114,13 +114,16 @@ def concat(*parts: Data | None) -> Data:
     return Data(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, retain: Data | None = None) -> int:
+def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, retain: Data | None = None,
+        mask: list[torch.Tensor] | None = None, generator: torch.Generator | None = None) -> int:
     """``cfg.epochs`` passes of SGD (momentum 0.9) over ``data`` on cross-entropy times
     ``sign`` (-1: ascent). With ``retain``, each batch is joined by as many retain records
     drawn at random (their loss always descends), so the cost follows ``data``, not the
-    retain set. Returns the number of steps."""
+    retain set. With ``mask`` (one 0/1 tensor per parameter), only the weights marked 1
+    move. ``generator`` (default: seeded with ``cfg.seed``) draws the batches. Returns the
+    number of steps."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
     steps = 0
     model.train()
     for _ in range(cfg.epochs):
@@ -133,6 +136,10 @@ def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, ret
                 r = torch.randint(len(retain), (len(idx),), generator=g)
                 loss = loss + F.cross_entropy(model(retain.x[r]), retain.y[r])
             loss.backward()
+            if mask is not None:
+                for p, m in zip(model.parameters(), mask):
+                    if p.grad is not None:
+                        p.grad.mul_(m)
             opt.step()
             steps += 1
     return steps
