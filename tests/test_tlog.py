@@ -194,3 +194,31 @@ def test_a_log_signs_a_checkpoint_per_certificate_with_requests_and_none_for_the
     assert [int(p.name[:8]) for p in written] == [2, 3] and log.sync("example.org/log", bytes(32)) == []
     assert [x.request_id for x in log.leaves()] == ["r1", "r2", "r3"]
     assert log.problems([tlog.log_key("example.org/log", bytes(32)).public]) == []
+
+
+def test_after_a_rewritten_history_the_receipt_is_made_against_the_checkpoint_of_the_tree_it_proves(tmp_path):
+    """A rewrite leaves two checkpoints of each size; the receipt must use the one whose root is
+    the tree's now (it picked by file name, so half the rewrites gave a receipt whose inclusion
+    path led to the other root: a CI run failed with 'FAIL inclusion' where 'FAIL consistency'
+    was expected)."""
+    from unlearnflow import receipt_verify as rv
+
+    certs = tmp_path / "certificates"
+    certs.mkdir()
+    log = tlog.ErasureLog(tmp_path / "log", certs, tmp_path / "tree")
+    vkey = tlog.log_key("example.org/log", bytes(32)).text
+    for n in range(1, 4):
+        (certs / f"000{n}-e00000000000{n}.json").write_text(json.dumps({"requests": [{"request_id": f"r{n}"}]}))
+    log.sync("example.org/log", bytes(32))
+    before = {p.name for p in log.checkpoints()}
+    rewrites = 0
+    for attempt in range(16):  # rewrites until both orders of the two roots' names were met
+        (certs / "0001-e000000000001.json").write_text(json.dumps({"requests": [{"request_id": "r1"}], "n": attempt}))
+        log.leaves_file.unlink()
+        log.sync("example.org/log", bytes(32))
+        rewrites += 1
+        newest = log.newest_checkpoint()
+        assert rv.parse_checkpoint(newest.read_text()).root == log.tree.root(3), attempt
+        proof = log.receipt("r3", certs / "0003-e000000000003.json")
+        assert rv.verify_receipt(proof, vkey)["index"] == 2, attempt
+    assert len({p.name for p in log.checkpoints()} - before) >= rewrites

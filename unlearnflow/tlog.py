@@ -292,8 +292,17 @@ class ErasureLog:
         return sorted(self.checkpoints_dir.glob("*-*.txt"), key=lambda p: (size(p), p.name))
 
     def newest_checkpoint(self) -> Path | None:
+        """The checkpoint of the largest size; of several of that size (a rewritten history
+        leaves the old ones beside the new), the one whose root is the stored tree's."""
         found = self.checkpoints()
-        return found[-1] if found else None
+        if not found:
+            return None
+        size = int(found[-1].name.split("-", 1)[0])
+        if self.tree.size >= size:
+            current = self.checkpoints_dir / f"{size:08d}-{self.tree.root(size).hex()[:16]}.txt"
+            if current.is_file():
+                return current
+        return found[-1]
 
     def _tree_in_step(self, last: Leaf | None) -> None:
         """The tree cache holds exactly the leaves file's leaves: checked at its end (the last
@@ -372,10 +381,10 @@ class ErasureLog:
     def receipt(self, request_id: str, certificate: Path, since: int | None = None) -> str:
         """The tlog-proof bundle of one request against the newest checkpoint; ``since``: with a
         consistency proof from the log of that size."""
+        self._tree_in_step(self._last_leaf())
         newest = self.newest_checkpoint()
         if newest is None:
             raise LookupError("the erasure log has no checkpoint yet")
-        self._tree_in_step(self._last_leaf())
         cp = parse_checkpoint(newest.read_text())
         index = self.index_of(request_id, certificate)
         sha = hashlib.sha256(certificate.read_bytes()).hexdigest()
