@@ -68,7 +68,7 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
 
     # The critical path: update, audit the update (the gate needs it), register, serve.
     updated = approximate.approximate_constituents(params, root, base_files, todo["erased"], todo["rectified"],
-                                                   todo["earlier"])
+                                                   todo["earlier"], todo["features"])
     state = advance(ws, state, "unlearned", scratch=[updated["dir"]])
     lap("unlearned")
     gated = audit.audit_version(params, root, todo["erased"], aid, None, updated["files"], histogram=False)
@@ -94,9 +94,9 @@ def approximate_flow(workspace: str = ".", method: str | None = None, commit: bo
     lap("recorded")
     return {"status": "approximated", "approximation_id": aid, "method": params.unlearn.method,
             "requests": todo["requests"], "erased_records": len(todo["erased"]),
-            "relabelled_records": len(todo["rectified"]), "shards": updated["shards"], "audit": audited,
-            "mlflow": {**tracked, **decision}, "base_version": str(base.version), **recorded,
-            "served_at": served_at if decision["promoted"] else None,
+            "relabelled_records": len(todo["rectified"]), "feature_edited_records": len(todo["features"]),
+            "shards": updated["shards"], "audit": audited, "mlflow": {**tracked, **decision},
+            "base_version": str(base.version), **recorded, "served_at": served_at if decision["promoted"] else None,
             "seconds": clock, "total_seconds": time.perf_counter() - t0}
 
 

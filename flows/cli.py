@@ -119,10 +119,25 @@ def cmd_forget(args) -> int:
 
 
 def cmd_rectify(args) -> int:
-    from tasks.requests import parse_label
+    from tasks.requests import parse_feature, parse_label
 
+    if args.region is None and args.label is None:
+        print("error: give --label (a label correction) or --region (a feature request), or both", file=sys.stderr)
+        return 2
+    if args.region is None and (args.fill is not None or args.subject or args.file or args.all_records):
+        print("error: --fill, --subject, --file and --all-records go with --region; a label correction "
+              "names --record", file=sys.stderr)
+        return 2
+    if not (args.subject or args.record or args.file or args.all_records):
+        print("error: name at least one --subject, --record or --file, or --all-records", file=sys.stderr)
+        return 2
+    if args.all_records and (args.subject or args.record or args.file):
+        print("error: --all-records names every record; leave out --subject, --record and --file", file=sys.stderr)
+        return 2
     ws, params = _workspace(args)
-    _file_request(ws, params, args, "rectify", parse_label(ws, params, args.label))
+    feature = parse_feature(ws, params, args.region, args.fill) if args.region is not None else None
+    label = parse_label(ws, params, args.label) if args.label is not None else None
+    _file_request(ws, params, args, "rectify", label, feature=feature, all_records=args.all_records)
     return 0 if args.no_wait else _fast_path_then_exact(ws, params, args)
 
 
@@ -134,7 +149,8 @@ def cmd_erase(args) -> int:
     return _fast_path_then_exact(ws, params, args)
 
 
-def _file_request(ws, params, args, kind: str, label: int | None = None) -> None:
+def _file_request(ws, params, args, kind: str, label: int | None = None, feature=None,
+                  all_records: bool = False) -> None:
     from flows.guard import say_mended
     from tasks.requests import file_request
     from unlearnflow.unlearning import check_method, is_exact
@@ -143,7 +159,7 @@ def _file_request(ws, params, args, kind: str, label: int | None = None) -> None
     check_method(method, params.train)  # before anything is filed
     selectors = {flag: getattr(args, flag, None) or () for flag in ("subject", "record", "file")}
     filed = file_request(ws, params, kind, subjects=selectors["subject"], records=selectors["record"],
-                         files=selectors["file"], label=label,
+                         files=selectors["file"], label=label, feature=feature, all_records=all_records,
                          signs=not args.no_wait and (is_exact(method) or args.exact == "now"))
     say_mended(filed.ledger, lambda message: print(f"warning: {message}", file=sys.stderr))
     print(f"request {filed.request_id} {'filed' if filed.new else 'was already filed (no second effect)'}"
@@ -612,9 +628,17 @@ def _request_commands(add) -> None:
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
 
-    sp = add("rectify", "file a label correction (right to rectification) and retrain exactly", cmd_rectify)
-    sp.add_argument("--record", action="append", required=True, help="a record id (repeatable)")
-    sp.add_argument("--label", required=True, help="the corrected label: a class name or index")
+    sp = add("rectify", "file a label correction or a feature request (right to rectification) and retrain "
+             "exactly", cmd_rectify)
+    sp.add_argument("--record", action="append", help="a record id (repeatable)")
+    sp.add_argument("--label", help="the corrected label: a class name or index")
+    sp.add_argument("--region", metavar="X0,Y0,X1,Y1",
+                    help="a feature request: fill this rectangle (pixels of the prepared images, end exclusive)")
+    sp.add_argument("--fill", help="with --region: a number 0..255, 'mean' or 'blur' (default 0), computed "
+                    "from the pixels outside the region")
+    sp.add_argument("--subject", action="append", help="with --region: a person's records (repeatable)")
+    sp.add_argument("--file", action="append", help="with --region: a source file name (repeatable)")
+    sp.add_argument("--all-records", action="store_true", help="with --region: every record of the data")
     sp.add_argument("--no-wait", action="store_true", help="only file the request")
     _add_method_args(sp)
     sp.add_argument("--no-commit", action="store_true", help="do not git-commit the new data version")

@@ -85,10 +85,9 @@ def erase_flow(workspace: str = ".", commit: bool = True, params: Params | None 
     clock.mark("promote")
     tracking.log_metrics(ws, tracked["run_id"], {**seconds_metrics(clock.steps(first=logged)), "seconds_flow":
                                                  clock.since("flow_start")})  # the steps after registration
-    return {"status": "erased", "erasure_id": eid, "resumed": state["resumed"], "requests": resolved["requests"],
-            "unmatched": resolved["unmatched"], "erased_records": len(resolved["erased_records"]),
-            "shards": built["shards"], "affected": affected, "metrics": built["metrics"],
-            "forgotten": audited["forgotten"], "audit": audited, "purged": purged, **served,
+    return {"status": "erased", "erasure_id": eid, "resumed": state["resumed"], **erasure.outcome(resolved),
+            "shards": built["shards"], "affected": affected, "metrics": built["metrics"], **served,
+            "forgotten": audited["forgotten"], "audit": audited, "purged": purged,
             "previous_version": state["previous_version"], "certificate": cert_path,
             "erasure_log": {k: published[k] for k in ("origin", "log_size", "root", "checkpoint", "witnesses")},
             "git_commit": lineage.git_head(ws.root), "compute_seconds": round(compute_seconds, 2),

@@ -78,9 +78,14 @@ def erase(result: dict) -> None:
               f"recorded as unmatched in the ledger. No model changed, no version registered, nothing purged")
         return
     for r in result["requests"]:
-        print(f"  request {r['request_id']} ({r['kind']}): {r['records']} record(s)"
+        feature = r.get("feature")
+        print(f"  request {r['request_id']} ({r['kind']}"
+              + (f": region {','.join(map(str, feature['region']))} fill {feature['fill']}" if feature else "")
+              + f"): {r['records']} record(s)"
               + ("  -- matched nothing; recorded as unmatched" if not r["records"] else ""))
-    print(f"erasure {result['erasure_id']}: removed {result['erased_records']} record(s)")
+    print(f"erasure {result['erasure_id']}: removed {result['erased_records']} record(s)"
+          + (f", filled the region of {result['feature_edited_records']} record(s) (their pixels' SHA-256 before "
+             "and after are in the certificate)" if result.get("feature_edited_records") else ""))
     for k, a in result["affected"].items():
         print(f"  shard {k}: retrained from slice {a['first_retrained_slice']} "
               f"(resumed from {a['resumed_from_checkpoint'][:12] + '…' if a['resumed_from_checkpoint'] else 'scratch'})")
@@ -119,7 +124,9 @@ def approximate(fast: dict) -> None:
         return
     a, m = fast["audit"], fast["mlflow"]
     print(f"approximation {fast['approximation_id']} ({fast['method']}): {fast['erased_records']} record(s) erased, "
-          f"{fast['relabelled_records']} relabelled, in shard(s) {', '.join(str(s['shard']) for s in fast['shards'])} "
+          f"{fast['relabelled_records']} relabelled"
+          + (f", {fast['feature_edited_records']} with a region filled" if fast.get("feature_edited_records") else "")
+          + f", in shard(s) {', '.join(str(s['shard']) for s in fast['shards'])} "
           f"of v{fast['base_version']}; {sum(s['seconds'] for s in fast['shards']):.1f}s of unlearning, "
           f"{fast['total_seconds']:.1f}s in all")
     for s in fast["shards"]:

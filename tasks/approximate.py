@@ -32,23 +32,30 @@ def resolve_pending(params: Params, root: str) -> dict:
     pending = ws.pending_requests()
     todo = [r for r in pending if r.request.request_id not in done]
     records = RecordSet.concat([load_split(ws.layout, s) for s in SPLITS]) if todo else None
-    now, before = ({"erased": set(), "rectified": {}, "report": []} for _ in range(2))
+    now, before = ({"erased": set(), "rectified": {}, "features": {}, "report": []} for _ in range(2))
     for r in pending if todo else []:
         edits = before if r.request.request_id in done else now
         matched = r.records if r.status == "resolved" else resolve(r.request, records, ws.secret_key(params.data))
         edits["report"].append({"request_id": r.request.request_id, "kind": r.request.kind, "records": len(matched)})
         if r.request.kind == "forget":
             edits["erased"].update(matched)
-        else:
+            continue
+        if r.request.label is not None:
             edits["rectified"].update({m: r.request.label for m in matched})
+        if r.request.feature is not None:
+            for m in matched:
+                edits["features"].setdefault(m, []).append(r.request.feature.to_json())
     # what an earlier fast path already took out of (or corrected in) the served model: not retain data now
     return {"requests": now["report"], "erased": sorted(now["erased"]), "rectified": now["rectified"],
-            "earlier": {"erased": sorted(before["erased"]), "rectified": before["rectified"]}}
+            "features": now["features"],
+            "earlier": {"erased": sorted(before["erased"]), "rectified": before["rectified"],
+                        "features": before["features"]}}
 
 
 @task(name="approximate-constituents", cache_policy=NO_CACHE)
 def approximate_constituents(params: Params, root: str, base_files: dict, erased: list[str],
-                             rectified: dict[str, int], earlier: dict | None = None) -> dict:
+                             rectified: dict[str, int], earlier: dict | None = None,
+                             features: dict[str, list[dict]] | None = None) -> dict:
     """Copy the base version's constituents, applying ``params.unlearn.method`` to the
     affected ones (``earlier``: what earlier fast paths already applied, left out of the retain
     data). Returns the new files (``stored_constituents`` shape) and per-shard results."""
@@ -62,7 +69,8 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
         target = out / f"shard_{k}.pt"
         updated = approximate_constituent(base, manifest, images, erased_set, rectified, params.unlearn,
                                           params.train.threads, params.train.device,
-                                          set(earlier["erased"]), earlier["rectified"])
+                                          set(earlier["erased"]), earlier["rectified"],
+                                          feature_edits(features), feature_edits(earlier.get("features")))
         if updated is None:
             shutil.copyfile(base, target)
         else:
@@ -78,6 +86,13 @@ def approximate_constituents(params: Params, root: str, base_files: dict, erased
     (out / "ensemble.json").write_text(json.dumps(ensemble, indent=1, sort_keys=True) + "\n")
     return {"files": {"paths": paths, "method": base_files["method"], "classes": base_files["classes"]},
             "dir": str(out), "ensemble": ensemble, "shards": shards}
+
+
+def feature_edits(features: dict[str, list[dict]] | None) -> dict:
+    """{record: [FeatureEdit, ...]} from their JSON form (as resolve_pending returns them)."""
+    from unlearnflow.features import FeatureEdit
+
+    return {rid: [FeatureEdit.from_json(e) for e in edits] for rid, edits in (features or {}).items()}
 
 
 def find_record(ws: Workspace, approximation_id: str) -> Path | None:
@@ -143,6 +158,7 @@ def record(ws: Workspace, params: Params, state: dict, aid: str, todo: dict, bas
         "approximation_id": aid, "guarantee": "approximate", "method": params.unlearn.method,
         "unlearn_params": params.to_dict()["unlearn"], "requests": [r["request_id"] for r in todo["requests"]],
         "records_erased": len(todo["erased"]), "records_relabelled": len(todo["rectified"]),
+        **({"records_feature_edited": len(todo["features"])} if todo.get("features") else {}),
         "base_version": str(base.version), "new_version": tracked["version"], "promoted": decision["promoted"],
         "constituents": {str(c["shard"]): c["md5"] for c in updated["ensemble"]["constituents"]},
         "affected_shards": {str(s["shard"]): {"previous_md5": s["previous_md5"], "model_md5": s["model_md5"],

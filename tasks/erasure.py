@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -115,34 +116,80 @@ def resolve_requests(cfg: DataConfig, root: str, request_ids: list[str]) -> dict
     key = ws.secret_key(cfg)
     records = load_pseudonymized(cfg, key, ws.layout.ingest_cache)
     source_of = dict(zip(records.record_ids, records.sources))
-    events, report, erased = [], [], {}
+    events, report, erased, edits = [], [], {}, {}
     for r in batch:
         rid = r.request.request_id
         matched = r.records if r.status == "resolved" else resolve(r.request, records, key)
         if r.status == "pending":  # resolved/unmatched ones came from an attempt that stopped later: keep
             events.append({"event": "resolved", "request_id": rid, "records": list(matched)} if matched
                           else {"event": "unmatched", "request_id": rid})
-        report.append({"request_id": rid, "kind": r.request.kind, "records": len(matched)})
+        report.append({"request_id": rid, "kind": r.request.kind, "records": len(matched),
+                       **({"feature": r.request.feature.to_json()} if r.request.feature else {})})
         if r.request.kind == "forget":
             erased.update({m: rid for m in matched})
+        elif r.request.feature is not None:
+            edits[rid] = matched
+    changed = feature_changes(ledger.read(), batch, edits, records)
     ledger.record(events)
     add_tombstones(ws.layout.tombstones, erased)
+    if changed:  # outputs cached for a record's old content would be read as if they were the new one's
+        OutputCache(ws.layout.outputs_cache).drop_records({c["record_id"] for c in changed})
     return {
         "requests": report,
         "matched": [x["request_id"] for x in report if x["records"]],
         "unmatched": [x["request_id"] for x in report if not x["records"]],
         "erased_records": sorted(erased),
         "erased_sources": sorted({source_of[m] for m in erased if m in source_of}),
+        **({"feature_changes": changed} if changed else {}),
     }
+
+
+def outcome(resolved: dict) -> dict:
+    """What a batch's requests came to, for the erase flow's result: the requests, those that
+    matched nothing, how many records were erased and how many had a region filled."""
+    return {"requests": resolved["requests"], "unmatched": resolved["unmatched"],
+            "erased_records": len(resolved["erased_records"]),
+            "feature_edited_records": len({c["record_id"] for c in resolved.get("feature_changes", [])})}
+
+
+def feature_changes(ledger_state, batch, matched: dict[str, tuple], records) -> list[dict]:
+    """For each record a feature request of ``batch`` changes: the request, the record and the
+    SHA-256 of its pixels before (with earlier batches' edits) and after (with this batch's)."""
+    from unlearnflow.features import content_hash, edited_images
+
+    if not matched:
+        return []
+    in_batch = {r.request.request_id for r in batch}
+    earlier = {}  # record -> edits of requests outside this batch (filed and resolved before it)
+    for r in ledger_state.requests.values():
+        if r.request.feature is not None and r.status == "resolved" and r.request.request_id not in in_batch:
+            for m in r.records:
+                earlier.setdefault(m, []).append(r.request.feature)
+    position = {m: i for i, m in enumerate(records.record_ids)}
+    names = sorted({m for ms in matched.values() for m in ms if m in position})
+    pixels = np.asarray(records.images[[position[m] for m in names]])
+    current = {m: edited_images(pixels[i:i + 1], (m,), earlier) for i, m in enumerate(names)}
+    out = []
+    for r in batch:
+        rid = r.request.request_id
+        for m in matched.get(rid, ()):
+            if m not in current:
+                continue
+            new = edited_images(current[m], (m,), {m: [r.request.feature]})
+            out.append({"request_id": rid, "record_id": m, "before_sha256": content_hash(current[m][0]),
+                        "after_sha256": content_hash(new[0])})
+            current[m] = new
+    return out
 
 
 @task(name="purge-workspace", cache_policy=NO_CACHE)
 def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, erased_sources: list[str],
                     deleted_before: list[str] = ()) -> dict:
-    """Delete slice checkpoints no current constituent uses (all that saw erased records),
-    for image folders the erased image files themselves (reported as pseudonyms, like the
-    ledger's) and their decoded pixels in the ingest cache, and cached outputs of models
-    or records no longer current. ``deleted_before``: files an interrupted attempt deleted."""
+    """Delete slice checkpoints no current constituent uses (all that saw erased records or a
+    filled region's old pixels), for image folders the erased image files themselves (reported
+    as pseudonyms, like the ledger's) and their decoded pixels in the ingest cache (a filled
+    region's old pixels are overwritten there; the source image files stay the operator's),
+    and cached outputs of models or records no longer current. ``deleted_before``: files an interrupted attempt deleted."""
     fail_point("purge")
     ws = Workspace(root)
     layout = ws.layout
@@ -160,11 +207,16 @@ def purge_workspace(cfg: DataConfig, partition_cfg: PartitionConfig, root: str, 
                 path.unlink()
                 deleted_files.append(pseudonym(ws.secret_key(cfg), rel))  # file names are personal data
         load_dataset(cfg, layout.ingest_cache)  # the ingest cache now holds only the files left
+    filled = 0
+    if cfg.dataset_name == "imagefolder":  # the decoded pixels of a filled region go from the ingest cache too
+        from unlearnflow.datasets.imagefolder import fill_ingest_cache
+
+        filled = fill_ingest_cache(cfg, layout.ingest_cache, ws.ledger().read().rectified_features())
     pruned = OutputCache(layout.outputs_cache).prune(  # outputs of superseded models or erased records
         {md5_file(layout.model(k)) for k in partition_cfg.shards},
         {rid for split in SPLITS for rid in load_split(layout, split).record_ids})
     return {"checkpoints_deleted": len(removed), "files_deleted": sorted(set(deleted_before) | set(deleted_files)),
-            "cached_outputs_deleted": pruned}
+            "cached_outputs_deleted": pruned, **({"ingest_cache_rows_filled": filled} if filled else {})}
 
 
 @task(name="commit-ledger", cache_policy=NO_CACHE)

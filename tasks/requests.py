@@ -23,7 +23,7 @@ class Filed:
 
 
 def file_request(ws: Workspace, params: Params, kind: str, subjects=(), records=(), files=(),
-                 label: int | None = None, signs: bool = False) -> Filed:
+                 label: int | None = None, signs: bool = False, feature=None, all_records: bool = False) -> Filed:
     """File one request. A missing or wrong subject key (and with ``signs``, the erasure that
     follows will sign a certificate, a missing or wrong signing key) is refused first."""
     from tasks.erasure import now
@@ -37,7 +37,8 @@ def file_request(ws: Workspace, params: Params, kind: str, subjects=(), records=
     key = ws.secret_key(params.data)
     if signs:
         ws.signing_key()
-    request = make_request(kind, params.data, key, subjects=subjects, records=records, files=files, label=label)
+    request = make_request(kind, params.data, key, subjects=subjects, records=records, files=files, label=label,
+                           feature=feature, all_records=all_records)
     ledger = ws.ledger()
     request_id, new = ledger.file(request, now(), check=ws.refuse_during_rotation)  # under the ledger's lock
     return Filed(request, request_id, new, records_matching(ws, request, key) if new else None, ledger)
@@ -66,10 +67,25 @@ def parse_label(ws: Workspace, params: Params, text: str) -> int:
                       f"(or an index 0..{len(classes) - 1})")
 
 
+def parse_feature(ws: Workspace, params: Params, region: str, fill: str | None):
+    """A feature request's region and fill, checked against the data's images (one-line errors)."""
+    from unlearnflow.features import FeatureEdit, check_fits, parse_fill, parse_region
+
+    edit = FeatureEdit(parse_region(region), parse_fill("0" if fill is None else fill))
+    check_fits(edit, tuple(_prepared(ws, params, "input_shape")))
+    return edit
+
+
 def _classes(ws: Workspace, params: Params) -> list[str]:
+    return list(_prepared(ws, params, "classes"))
+
+
+def _prepared(ws: Workspace, params: Params, field: str):
+    """``classes`` or ``input_shape`` of the data: from the prepared summary, else the dataset."""
     summary = ws.layout.prepared_summary
     if summary.is_file():
-        return json.loads(summary.read_text())["classes"]
+        return json.loads(summary.read_text())[field]
     from unlearnflow.datasets import load_dataset
 
-    return list(load_dataset(params.data).classes)
+    records = load_dataset(params.data)
+    return records.classes if field == "classes" else records.input_shape

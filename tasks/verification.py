@@ -10,6 +10,9 @@
    MLflow run; no certificate that git or MLflow knows is missing;
 4. MLflow's artifact store holds no file of a purged version and the DVC remote, if the
    workspace pushes to one, exactly the objects the current dvc.lock uses;
+1c. with feature requests carried out: every record they changed is, in the shards, the
+   source's pixels with the filed edits applied (the SHA-256 the newest certificate naming
+   it states), and each constituent's checkpoint chain is keyed by its shard's current pixels;
 5. with ``retrain``: the constituents the latest erasure retrained, trained again from
    scratch on their manifests, are bitwise identical to the served ones.
 """
@@ -41,6 +44,9 @@ def verify(ws: Workspace, params: Params, retrain: bool = False, retrain_all: bo
     latest = json.loads(certs[-1].read_text()) if certs else None
     name = params.tracking.registered_model
     checks = [_no_filed_record_in_manifests(ws, params, certs), _ledger_agrees(ws)]
+    features = ws.ledger().read().rectified_features()
+    if features:
+        checks.append(_no_constituent_on_old_content(ws, params, features, certs))
     mv = production_version(ws, name)
     if mv is not None and mv.tags.get("guarantee") == "approximate":
         # the fast path serves an approximate version: the exactness promises cannot hold yet
@@ -78,6 +84,47 @@ def _no_filed_record_in_manifests(ws: Workspace, params: Params, certs: list) ->
                  + (f"; FOUND in shards {sorted(found)}: {list(found.values())[0][:3]}"
                     + (f" (pending: {', '.join(waiting)}; run `unlearnflow erase`)" if waiting else "")
                     if found else ""))
+
+
+def _no_constituent_on_old_content(ws: Workspace, params: Params, features: dict, certs: list) -> Check:
+    """1c. feature-edited records hold their filled pixels, and the constituents were trained on them"""
+    import numpy as np
+
+    from unlearnflow.ensemble import load_constituent  # torch: only where feature requests were carried out
+    from unlearnflow.erasure import load_pseudonymized
+    from unlearnflow.features import content_hash, edited_images
+    from unlearnflow.partition import read_shard
+    from unlearnflow.training import ModelSpec, slice_keys
+
+    source = load_pseudonymized(params.data, ws.secret_key(params.data), ws.layout.ingest_cache)
+    at = {rid: i for i, rid in enumerate(source.record_ids) if rid in features}
+    ids = sorted(at)
+    pixels = edited_images(np.asarray(source.images[[at[r] for r in ids]]), tuple(ids), features)
+    expected = {rid: content_hash(p) for rid, p in zip(ids, pixels)}
+    stated, devices = {}, {"cpu"}  # devices: the classes the constituents were trained on (keys depend on it)
+    for path in certs:  # the newest certificate naming a record says what it became
+        body = json.loads(path.read_text())
+        stated.update({c["record_id"]: c["after_sha256"] for c in body.get("feature_changes", [])})
+        devices.update(d for d in body.get("train_device", "").split(", ") if d)
+    problems = [f"record {r}: the certificate says {stated[r][:12]}, the source with its edits is {h[:12]}"
+                for r, h in expected.items() if r in stated and stated[r] != h]
+    found = 0
+    for k in params.partition.shards:
+        manifest, images = read_shard(ws.layout.shard_manifest(k), ws.layout.shard_images(k))
+        rows = [i for i, r in enumerate(manifest.record_ids) if r in expected]
+        if not rows:
+            continue
+        found += len(rows)
+        held = np.asarray(images[rows])
+        problems += [f"shard {k}: record {manifest.record_ids[i]} holds other pixels than its edited content"
+                     for i, p in zip(rows, held) if content_hash(p) != expected[manifest.record_ids[i]]]
+        meta = load_constituent(ws.layout.model(k))[1]
+        spec = ModelSpec.from_json(meta["spec"])
+        if all(meta["slice_keys"] != slice_keys(manifest, images, spec, params.train, device) for device in devices):
+            problems.append(f"shard {k}: its constituent's checkpoints are keyed by other pixels than the shard's")
+    return Check("no current constituent was trained on a record's old content", not problems,
+                 f"{len(expected)} feature-edited record(s), {found} in the shards: "
+                 + ("; ".join(problems[:3]) if problems else "each holds its edited pixels, each constituent keyed by them"))
 
 
 def _ledger_agrees(ws: Workspace) -> Check:

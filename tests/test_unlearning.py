@@ -3,6 +3,7 @@ optimum, cheap exact retraining), and tests generated from the registry."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,11 +234,11 @@ def test_shard_edits_split_erasures_corrections_and_retain(tmp_path):
     ids, labels = manifest.record_ids, manifest.labels
     erased = {ids[0], ids[5]}
     rectified = {ids[7]: (labels[7] + 1) % 4, ids[0]: 3, ids[9]: labels[9]}  # ids[0] is erased; ids[9] unchanged
-    erase, relabel, retain = shard_edits(manifest, images, erased, rectified)
+    erase, relabel, _, retain = shard_edits(manifest, images, erased, rectified)
     assert erase.erases and len(erase.y) == 2 and erase.train_size == 60
     assert relabel.y.tolist() == [labels[7]] and relabel.y_new.tolist() == [(labels[7] + 1) % 4]
     assert len(retain) == 57  # every affected record left out of retain
-    assert shard_edits(manifest, images, set(), {})[:2] == (None, None)
+    assert shard_edits(manifest, images, set(), {})[:3] == (None, None, None)
 
     spec = ModelSpec("mlp", (1, 8, 8), 4)
     path = tmp_path / "shard_0.pt"
@@ -261,11 +262,32 @@ def test_retain_data_leaves_out_what_an_earlier_fast_path_already_applied():
 
     (manifest, images), = partition(make_records(40), PartitionConfig(shards=(0,), slices=2))
     ids, labels = manifest.record_ids, list(manifest.labels)
-    erase, relabel, retain = shard_edits(manifest, images, {ids[0]}, {}, earlier_erased={ids[1], ids[2]},
+    erase, relabel, _, retain = shard_edits(manifest, images, {ids[0]}, {}, earlier_erased={ids[1], ids[2]},
                                          earlier_rectified={ids[3]: (labels[3] + 1) % 4})
     assert len(retain) == 40 - 3 and erase.train_size == 38 and relabel is None
     assert retain.y.tolist()[0] == (labels[3] + 1) % 4  # ids[3] is the first record kept, with its corrected label
     assert list(manifest.labels) == labels  # the manifest itself is untouched
+
+
+def test_a_feature_edit_takes_records_from_their_trained_pixels_to_their_filled_ones():
+    from conftest import make_records
+    from unlearnflow.approximate import shard_edits
+    from unlearnflow.config import PartitionConfig
+    from unlearnflow.features import FeatureEdit
+    from unlearnflow.partition import partition
+    from unlearnflow.training import to_input
+
+    (manifest, images), = partition(make_records(40), PartitionConfig(shards=(0,), slices=2))
+    ids, labels = manifest.record_ids, list(manifest.labels)
+    square = FeatureEdit((0, 0, 3, 3), "255")
+    erase, relabel, feature, retain = shard_edits(manifest, images, set(), {ids[4]: (labels[4] + 1) % 4},
+                                                  features={ids[4]: [square], ids[6]: [square]},
+                                                  earlier_features={ids[0]: [square]})
+    assert erase is None and relabel is None and len(retain) == 40 - 2
+    assert torch.equal(feature.x, to_input(np.asarray(images)[[4, 6]]))  # as trained on
+    assert (feature.x_new[:, :, :3, :3] == 1.0).all() and torch.equal(feature.x_new[:, :, 3:], feature.x[:, :, 3:])
+    assert feature.y_new.tolist() == [(labels[4] + 1) % 4, labels[6]]  # the label filed with it, the other kept
+    assert (retain.x[0, :, :3, :3] == 1.0).all()  # ids[0]: already filled by an earlier fast path
 
 
 @pytest.mark.parametrize("mode", ["full", "batch"])

@@ -224,6 +224,8 @@ def body(*, erasure_id: str, created_at: str, resolved: dict, affected: dict, af
         "requests": resolved["requests"],
         "unmatched_requests": resolved["unmatched"],
         "erased_record_ids": resolved["erased_records"],
+        # feature requests: each changed record, its request and its pixels' SHA-256 before and after
+        **({"feature_changes": resolved["feature_changes"]} if resolved.get("feature_changes") else {}),
         "train_device": train_device,  # the device class the constituents were computed on
         **_serving(affected, after, lineage, previous_version, new_version, registered_model),
         "metrics": metrics,

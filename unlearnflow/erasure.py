@@ -10,6 +10,7 @@ and train nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ import numpy as np
 from unlearnflow.datasets import load_dataset
 from unlearnflow.config import DataConfig
 from unlearnflow.errors import UnlearnflowError
+from unlearnflow.features import FeatureEdit, edited_images
 from unlearnflow.ledger import Request
 from unlearnflow.pseudonyms import pseudonym, subject_key
 from unlearnflow.records import RecordSet
@@ -41,11 +43,11 @@ def needs_secret_key(cfg: DataConfig) -> bool:
 
 
 def make_request(kind: str, cfg: DataConfig, secret_key: bytes, subjects=(), records=(), files=(),
-                 label: int | None = None) -> Request:
+                 label: int | None = None, feature: FeatureEdit | None = None, all_records: bool = False) -> Request:
     """A request from raw identifiers; subjects and file names become pseudonyms here."""
     skey = subject_key(subjects_are_personal(cfg), secret_key)
     return Request(kind, tuple(pseudonym(skey, s) for s in subjects), tuple(records),
-                   tuple(pseudonym(secret_key, f) for f in files), label)
+                   tuple(pseudonym(secret_key, f) for f in files), label, feature, all_records)
 
 
 def load_pseudonymized(cfg: DataConfig, secret_key: bytes, cache_dir=None) -> RecordSet:
@@ -75,6 +77,8 @@ def file_pseudonyms(source: str, secret_key: bytes) -> set[str]:
 
 def resolve(request: Request, records: RecordSet, secret_key: bytes) -> tuple[str, ...]:
     """Record ids that a request names and that exist in ``records`` (sorted)."""
+    if request.all_records:
+        return tuple(sorted(records.record_ids))
     wanted_subjects, wanted_records, wanted_files = set(request.subjects), set(request.records), set(request.files)
     out = set()
     for rid, subject, source in zip(records.record_ids, records.subject_ids, records.sources):
@@ -85,10 +89,14 @@ def resolve(request: Request, records: RecordSet, secret_key: bytes) -> tuple[st
     return tuple(sorted(out))
 
 
-def apply_requests(records: RecordSet, erased: set[str], rectified: dict[str, int]) -> RecordSet:
-    """Drop erased records and correct rectified labels; ids stay as they were."""
+def apply_requests(records: RecordSet, erased: set[str], rectified: dict[str, int],
+                   features: dict[str, list[FeatureEdit]] | None = None) -> RecordSet:
+    """Drop erased records, correct rectified labels and fill rectified regions (in filing
+    order); ids stay as they were."""
     keep = np.array([rid not in erased for rid in records.record_ids], dtype=bool)
     out = records.take(np.flatnonzero(keep))
+    if features:
+        out = dataclasses.replace(out, images=edited_images(out.images, out.record_ids, features))
     if rectified:
         labels = out.labels.copy()
         for i, rid in enumerate(out.record_ids):

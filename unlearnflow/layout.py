@@ -39,6 +39,7 @@ class Layout:
     # the pipeline's outputs (DVC)
     prepared = _at("data", "prepared")
     prepared_summary = _at("data", "prepared", "summary.json")
+    prepared_contents = _at("data", "prepared", "contents.json")  # pixel hashes of feature-edited records
     shards_dir = _at("data", "shards")
     models_dir = _at("models", "shards")
     ensemble = _at("models", "ensemble.json")

@@ -23,6 +23,7 @@ Subjects and file names are stored as pseudonyms (``pseudonyms.py``), never raw.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from unlearnflow.durable import FileLock, atomic_write, fsync_dir
 from unlearnflow.errors import ConfigError, UnlearnflowError
+from unlearnflow.features import FeatureEdit
 from unlearnflow.hashing import hash_json
 
 KINDS = ("forget", "rectify")
@@ -44,28 +46,38 @@ class Request:
     records: tuple[str, ...] = ()  # record ids
     files: tuple[str, ...] = ()  # file-name pseudonyms
     label: int | None = None  # rectify: the corrected class index
+    feature: FeatureEdit | None = None  # rectify: a region of pixels to fill (features.py)
+    all_records: bool = False  # rectify --all-records: every record of the data
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"request kind {self.kind!r} is invalid; valid choices: {', '.join(KINDS)}")
-        if not (self.subjects or self.records or self.files):
+        if not (self.subjects or self.records or self.files or self.all_records):
             raise ConfigError("a request must name at least one subject, record or file")
-        if self.kind == "rectify" and (self.label is None or self.subjects or self.files):
-            raise ConfigError("a rectify request names records (--record) and one corrected label (--label)")
-        if self.kind == "forget" and self.label is not None:
-            raise ConfigError("a forget request takes no label")
+        if self.kind == "rectify" and self.feature is None and (self.label is None or self.subjects or self.files
+                                                                 or self.all_records):
+            raise ConfigError("a label correction names records (--record) and one corrected label (--label)")
+        if self.kind == "forget" and (self.label is not None or self.feature is not None or self.all_records):
+            raise ConfigError("a forget request takes no label, region or --all-records")
 
     @property
     def request_id(self) -> str:
         return "r" + hash_json(self.to_json())[:16]
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "subjects": sorted(set(self.subjects)), "records": sorted(set(self.records)),
-                "files": sorted(set(self.files)), "label": self.label}
+        out = {"kind": self.kind, "subjects": sorted(set(self.subjects)), "records": sorted(set(self.records)),
+               "files": sorted(set(self.files)), "label": self.label}
+        if self.feature is not None:  # only when set: the ids of earlier requests stay what they were
+            out["feature"] = self.feature.to_json()
+        if self.all_records:
+            out["all_records"] = True
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "Request":
-        return cls(obj["kind"], tuple(obj["subjects"]), tuple(obj["records"]), tuple(obj["files"]), obj["label"])
+        feature = FeatureEdit.from_json(obj["feature"]) if obj.get("feature") else None
+        return cls(obj["kind"], tuple(obj["subjects"]), tuple(obj["records"]), tuple(obj["files"]), obj["label"],
+                   feature, bool(obj.get("all_records", False)))
 
 
 @dataclass
@@ -98,8 +110,17 @@ class LedgerState:
         """Corrected labels of resolved rectify requests (in filing order; a later one wins)."""
         out = {}
         for r in self.requests.values():
-            if r.request.kind == "rectify" and r.status == "resolved":
+            if r.request.kind == "rectify" and r.status == "resolved" and r.request.label is not None:
                 out.update({rid: r.request.label for rid in r.records})
+        return out
+
+    def rectified_features(self) -> dict[str, list[FeatureEdit]]:
+        """The feature edits of resolved rectify requests, per record, in filing order."""
+        out: dict[str, list[FeatureEdit]] = {}
+        for r in self.requests.values():
+            if r.request.kind == "rectify" and r.status == "resolved" and r.request.feature is not None:
+                for rid in r.records:
+                    out.setdefault(rid, []).append(r.request.feature)
         return out
 
 
@@ -279,8 +300,8 @@ class Ledger:
                 if rid in done or r.status not in ("pending", "rekeyed"):
                     continue
                 q = r.request
-                new = Request(q.kind, tuple(pseudonyms.get(s, s) for s in q.subjects), q.records,
-                              tuple(pseudonyms.get(f, f) for f in q.files), q.label)
+                new = dataclasses.replace(q, subjects=tuple(pseudonyms.get(s, s) for s in q.subjects),
+                                          files=tuple(pseudonyms.get(f, f) for f in q.files))
                 if new.request_id == rid:  # records only: nothing keyed
                     continue
                 if r.status == "pending":

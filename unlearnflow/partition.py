@@ -59,6 +59,11 @@ class ShardManifest:
     classes: tuple[str, ...]  # class index -> name, for the whole dataset
     overlap: float = 0.0  # partition.overlap; 0 = disjoint slices, trained cumulatively
     shared: tuple[bool, ...] = ()  # overlap > 0: is each record also in the next slice's window?
+    contents: tuple[str | None, ...] = ()  # SHA-256 of each record's pixels where a feature request changed them
+
+    def content_of(self) -> dict[str, str]:
+        """{record id: its pixels' SHA-256} of the records a feature request changed."""
+        return {r: c for r, c in zip(self.record_ids, self.contents) if c}
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -85,6 +90,9 @@ class ShardManifest:
     def to_json(self) -> dict:
         records = [{"record_id": r, "subject_id": s, "label": y, "slice": k}
                    for r, s, y, k in zip(self.record_ids, self.subject_ids, self.labels, self.slice_of)]
+        for record, content in zip(records, self.contents):  # record ids no longer name these pixels alone
+            if content:
+                record["content"] = content
         if not self.overlap:  # the format of disjoint slices is unchanged (same bytes, same DVC md5s)
             return {"format": "unlearnflow.shard_manifest/1", "shard": self.shard, "num_slices": self.num_slices,
                     "classes": list(self.classes), "records": records}
@@ -106,11 +114,14 @@ class ShardManifest:
             classes=tuple(obj["classes"]),
             overlap=float(obj.get("overlap", 0.0)),
             shared=tuple(bool(r["shared_forward"]) for r in recs) if obj.get("overlap") else (),
+            contents=tuple(r.get("content") for r in recs) if any("content" in r for r in recs) else (),
         )
 
 
-def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManifest, np.ndarray | Rows]]:
-    """Split training records into S shard manifests, each with its images in manifest order."""
+def partition(records: RecordSet, cfg: PartitionConfig,
+              contents: dict[str, str] | None = None) -> list[tuple[ShardManifest, np.ndarray | Rows]]:
+    """Split training records into S shard manifests, each with its images in manifest order.
+    ``contents``: the pixel hashes of records a feature request changed (kept in the manifests)."""
     keys = records.subject_ids if cfg.key == "subject" else records.record_ids
     n_keys = len(set(keys))
     if cfg.num_shards > n_keys:
@@ -137,14 +148,17 @@ def partition(records: RecordSet, cfg: PartitionConfig) -> list[tuple[ShardManif
             classes=records.classes,
             overlap=cfg.overlap,
             shared=tuple(shared_forward(keys[i], cfg) for i in members) if cfg.overlap else (),
+            contents=(tuple(contents.get(records.record_ids[i]) for i in members)
+                      if contents and any(records.record_ids[i] in contents for i in members) else ()),
         )
         out.append((manifest, records.take(members).images))  # Rows stay unread until written
     return out
 
 
 def write_shard(manifest: ShardManifest, images, manifest_path: Path, images_path: Path) -> bool:
-    """Write the shard's files unless they already hold this manifest (record ids name
-    their pixels); returns whether anything was written."""
+    """Write the shard's files unless they already hold this manifest (record ids, with the
+    content hashes of feature-edited records, name their pixels); returns whether anything was
+    written."""
     text = json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n"
     return write_unless_same(text, Path(manifest_path), images, Path(images_path))
 

@@ -175,19 +175,20 @@ def table_text(records: RecordSet) -> str:
     return out.getvalue()
 
 
-def save_records(records: RecordSet, images_path: Path, table_path: Path) -> bool:
+def save_records(records: RecordSet, images_path: Path, table_path: Path, force: bool = False) -> bool:
     """Write pixels and table unless they already hold these records (``write_unless_same``)."""
-    return write_unless_same(table_text(records), Path(table_path), records.images, Path(images_path))
+    return write_unless_same(table_text(records), Path(table_path), records.images, Path(images_path), force)
 
 
-def write_unless_same(text: str, text_path: Path, images, images_path: Path) -> bool:
+def write_unless_same(text: str, text_path: Path, images, images_path: Path, force: bool = False) -> bool:
     """Write ``images`` (pixels) and ``text`` (what names them: a table or manifest of record
     ids) unless both files already hold them: same text, same pixel shape (a record id names
     its pixels). An unchanged file keeps its mtime, so DVC need not hash it again. The text
     goes last, so a write cut short never leaves a text that vouches for other pixels.
-    Returns whether anything was written."""
+    ``force``: write even so (the pixels of some record changed under the same id). Returns
+    whether anything was written."""
     try:
-        if text_path.read_text() == text and NpyFile(images_path).shape == tuple(images.shape):
+        if not force and text_path.read_text() == text and NpyFile(images_path).shape == tuple(images.shape):
             return False
     except (OSError, ValueError):
         pass
@@ -196,11 +197,16 @@ def write_unless_same(text: str, text_path: Path, images, images_path: Path) -> 
     return True
 
 
-def save_parts(records: RecordSet, paths) -> int:
+def save_parts(records: RecordSet, paths, edited: set[str] = frozenset()) -> int:
     """Write ``records`` as ``PARTS`` parts by subject hash; ``paths(p)`` gives part p's
-    (pixels, table). Returns how many parts were (re)written."""
+    (pixels, table). A part holding a record of ``edited`` (pixels changed by a feature
+    request) is always written. Returns how many parts were (re)written."""
     part = np.array([part_of(s) for s in records.subject_ids], dtype=np.int64)
-    return sum(save_records(records.take(np.flatnonzero(part == p)), *paths(p)) for p in range(PARTS))
+    written = 0
+    for p in range(PARTS):
+        members = records.take(np.flatnonzero(part == p))
+        written += save_records(members, *paths(p), force=bool(edited) and not edited.isdisjoint(members.record_ids))
+    return written
 
 
 def load_parts(paths) -> RecordSet:

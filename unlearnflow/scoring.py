@@ -133,6 +133,13 @@ class OutputCache:
                 out.append(result)
         return out
 
+    def drop_records(self, record_ids: set[str]) -> int:
+        """Delete every stored output of these records (their content changed); returns how many."""
+        if self.folder is None or not self.folder.is_dir():
+            return 0
+        return sum(self._keep_only(file.name[: -len(".npz")], lambda rid: rid not in record_ids)
+                   for file in sorted(self.folder.glob("*.npz")))
+
     def prune(self, keep_models: set[str], keep_records: set[str]) -> int:
         """Delete stored outputs of any other constituent file or record; returns how many
         records' outputs were deleted (a whole table counts each of its records)."""
@@ -141,14 +148,18 @@ class OutputCache:
         removed = 0
         for file in sorted(self.folder.glob("*.npz")):
             name = file.name[: -len(".npz")]
-            index, probs = self._table(name)
             if name.split("-")[0] not in keep_models:
-                removed += len(index)
+                removed += len(self._table(name)[0])
                 file.unlink()
                 self._tables.pop(name, None)
-                continue
-            kept = [rid for rid in index if rid in keep_records]
-            if len(kept) < len(index):
-                removed += len(index) - len(kept)
-                self._store(name, {rid: i for i, rid in enumerate(kept)}, probs[[index[r] for r in kept]])
+            else:
+                removed += self._keep_only(name, keep_records.__contains__)
         return removed
+
+    def _keep_only(self, name: str, keep) -> int:
+        """Keep the stored outputs of table ``name`` whose record passes ``keep``; returns how many went."""
+        index, probs = self._table(name)
+        kept = [rid for rid in index if keep(rid)]
+        if len(kept) < len(index):
+            self._store(name, {rid: i for i, rid in enumerate(kept)}, probs[[index[r] for r in kept]])
+        return len(index) - len(kept)

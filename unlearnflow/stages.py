@@ -46,19 +46,25 @@ def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerSt
     labels), refuse erased records, split by subject and write each split."""
     ledger = ledger or LedgerState()
     source = load_pseudonymized(cfg, secret_key, layout.ingest_cache)
-    erased, rectified = ledger.erased_records(), ledger.rectified_labels()
-    records = apply_requests(source, erased, rectified)
+    erased, rectified, features = ledger.erased_records(), ledger.rectified_labels(), ledger.rectified_features()
+    records = apply_requests(source, erased, rectified, features)
     check_tombstones(records, tombstones or {}, known_requests=ledger.requests)
     splits = split_records(records, cfg)
+    contents = feature_contents(records, features)
     expected = {layout.prepared_summary} | {f for name in SPLITS for p in range(PARTS)
                                            for f in layout.split_part(name, p)}
+    if contents:
+        write_json(layout.prepared_contents, contents)
+        expected.add(layout.prepared_contents)
     remove_others(layout.prepared, expected)  # e.g. the files of an older layout
-    written = sum(save_parts(splits[name], lambda p, name=name: layout.split_part(name, p)) for name in SPLITS)
+    written = sum(save_parts(splits[name], lambda p, name=name: layout.split_part(name, p), set(features))
+                  for name in SPLITS)
     summary = {
         "dataset": cfg.dataset,
         "records": len(records),
         "erased_records": len(source) - len(records),
         "rectified_records": sum(rid in rectified for rid in records.record_ids),
+        **({"feature_rectified_records": n} if (n := sum(rid in features for rid in records.record_ids)) else {}),
         "subjects": len(set(records.subject_ids)),
         "subject_key": "secret" if records.personal_subjects else "public (synthetic subjects)",
         "subject_key_id": key_id(subject_key(records.personal_subjects, secret_key)),
@@ -68,6 +74,20 @@ def prepare(cfg: DataConfig, layout: Layout, secret_key: bytes, ledger: LedgerSt
     }
     write_json(layout.prepared_summary, summary)
     return {**summary, "parts_written": written}  # not in summary.json: it would differ between runs
+
+
+def feature_contents(records, features: dict) -> dict[str, str]:
+    """{record id: SHA-256 of its pixels} for the records feature requests changed."""
+    from unlearnflow.features import content_hash
+
+    at = [i for i, rid in enumerate(records.record_ids) if rid in features]
+    pixels = np.asarray(records.images[at]) if at else ()
+    return {records.record_ids[i]: content_hash(p) for i, p in zip(at, pixels)}
+
+
+def read_contents(layout: Layout) -> dict[str, str]:
+    path = layout.prepared_contents
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def remove_others(folder: Path, keep: set[Path]) -> None:
@@ -90,7 +110,7 @@ def partition_stage(cfg: PartitionConfig, layout: Layout) -> dict:
     """Write one manifest + pixel file per shard from the training split; a shard whose
     manifest is unchanged keeps its files (and mtimes: DVC does not hash them again)."""
     train = load_split(layout, "train")
-    shards = partition(train, cfg)
+    shards = partition(train, cfg, read_contents(layout))
     remove_others(layout.shards_dir, {f for k in cfg.shards for f in (layout.shard_manifest(k), layout.shard_images(k))})
     summary = {"shards": cfg.num_shards, "slices": cfg.slices, "records": len(train), "per_shard": [],
                "shards_written": []}

@@ -70,6 +70,12 @@ def list_folder(arg: str | None):
     return folder
 
 
+def fill_ingest_cache(cfg: DataConfig, cache_dir: Path, edits: dict) -> int:
+    """The workspace's ingest cache with ``edits`` applied to the records they name (``_Cache.fill``)."""
+    cache = _Cache(cache_dir, Path(cfg.dataset_arg), cfg.image_size)
+    return cache.fill(edits) if cache.pixels.is_file() else 0
+
+
 @register_dataset("imagefolder")
 def load_imagefolder(cfg: DataConfig, arg: str | None, cache_dir: Path | None = None) -> RecordSet:
     return ingest(cfg, arg, cache_dir)[0]
@@ -153,6 +159,28 @@ class _Cache:
         except (OSError, ValueError, KeyError):
             return {}
         return {r[0]: [*r[1:], i] for i, r in enumerate(rows)}
+
+    def fill(self, edits: dict) -> int:
+        """Apply feature edits ({record id: [FeatureEdit, ...]}) to the cached pixels of those
+        records, so the cache keeps no old content of a filled region (the edits read only
+        pixels outside it: applying them again changes nothing). Returns the rows edited."""
+        from unlearnflow.features import edited_images
+
+        entries = self.entries()
+        id_of = {e[4]: e[3] for e in entries.values()}
+        if not any(rid in edits for rid in id_of.values()):
+            return 0
+        old = NpyFile(self.pixels)
+
+        def blocks():
+            for start in range(0, old.shape[0], CHUNK):
+                span = np.arange(start, min(start + CHUNK, old.shape[0]))
+                yield edited_images(old.read(span), tuple(id_of[i] for i in span), edits)
+
+        pixels = self.pixels.with_name(f".new-{self.pixels.name}")
+        write_npy(pixels, old.shape, blocks())  # atomic; same rows, so the index still names them
+        pixels.replace(self.pixels)
+        return sum(rid in edits for rid in id_of.values())
 
     def write(self, files: list, ids: list, reuse: dict, decode) -> Rows:
         if len(reuse) == len(files) and list(reuse.values()) == list(range(len(files))) \
