@@ -48,9 +48,9 @@ from record import save_json, save_md  # bench/record.py
 MONOLITHIC = PartitionConfig(shards=(0,), slices=1)
 GRIDS = {name: UNLEARNERS.get(name).bench_grid for name in UNLEARNERS.names()}  # declared with each method
 VARIANTS = {  # extra rows: label -> (method, fixed UnlearnConfig overrides); the method's grid applies
-    "amun (batch retain)": ("amun", {"amun_retain": "batch"}),
+    "amun (batch retain)": ("amun", {"retain": "batch"}),
 }
-BASE = UnlearnConfig(epochs=10, hessian_samples=512, ihvp_iterations=20)
+BASE = UnlearnConfig.everywhere(epochs=10, hessian_samples=512, ihvp_iterations=20)  # where a method has them
 CERTIFIED = CertifiedConfig()  # the defaults: lam 0.01, sigma 1, (epsilon 1, delta 1e-4)
 DP = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
 DP_SCENARIOS = ("random 10%", "flipped labels 5%")  # the other scenarios train on random 10%'s training set
@@ -136,12 +136,12 @@ def run_scenario(name: str, smoke: bool = False, rows_wanted: list[str] | None =
         method, fixed = VARIANTS.get(label, (label, {}))
         cls = UNLEARNERS.get(method)
         variants = [True] if cls.needs_retain else [False] if not cls.can_use_retain else [True, False]
-        if fixed.get("amun_retain") == "batch":
+        if fixed.get("retain") == "batch":
             variants = [True]  # without retain data the two AMUN variants are the same
         for use_retain in variants:
             tried = []
             for overrides in GRIDS[method][:1] if smoke else GRIDS[method]:
-                ucfg = replace(BASE, method=method, use_retain=use_retain, **fixed, **overrides)
+                ucfg = BASE.with_settings(method, use_retain=use_retain, **fixed, **overrides)
                 model, seconds, details = unlearn(method, original, ucfg)
                 rep = report(model)
                 tried.append({"choice": overrides, **rep, "gap_a": avg_gap(rep, a), "seconds": seconds,
@@ -179,7 +179,7 @@ def certified_rows(train: RecordSet, reference: RecordSet, smoke: bool, report, 
     original, _ = fit(train, 0)
     (ref_a, seconds), (ref_b, _) = fit(reference, 1), fit(reference, 2)
     a, b = report(ref_a), report(ref_b)
-    model, spent, details = unlearn("certified_removal", original, replace(BASE, method="certified_removal"))
+    model, spent, details = unlearn("certified_removal", original, BASE.with_settings("certified_removal"))
     rows = [{"method": "logreg, train.certified (original)", **report(original), "seconds": 0.0, "details": []},
             {"method": "certified_removal", **report(model), "seconds": spent, "details": details},
             {"method": "logreg retrain B (seed 2)", **b, "seconds": seconds, "details": []}]

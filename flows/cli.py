@@ -80,7 +80,15 @@ def _workspace(args):
 
     ws = Workspace(args.workspace)
     ws.check()
-    return ws, ws.load_params()
+    params = ws.load_params()
+    if args.command in FLOW_COMMANDS:  # they import the methods anyway: each method's settings checked now
+        from unlearnflow.unlearning import check_settings, flat_notice
+
+        check_settings(params.unlearn)
+        notice = flat_notice(params.unlearn)
+        if notice:
+            print(f"warning: {notice}", file=sys.stderr)
+    return ws, params
 
 
 def _json(result) -> int:

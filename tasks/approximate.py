@@ -15,11 +15,12 @@ from tasks import registry
 from tasks.workspace import Workspace
 from unlearnflow.durable import atomic_write
 from unlearnflow.approximate import approximate_constituent
-from unlearnflow.config import Params
+from unlearnflow.config import Params, to_dict
 from unlearnflow.erasure import resolve
 from unlearnflow.hashing import md5_file
 from unlearnflow.partition import read_shard
 from unlearnflow.records import SPLITS, RecordSet
+from unlearnflow.unlearning import settings_of
 from unlearnflow.stages import load_split
 
 @task(name="resolve-for-approximation", cache_policy=NO_CACHE)
@@ -156,7 +157,8 @@ def record(ws: Workspace, params: Params, state: dict, aid: str, todo: dict, bas
     store.log_artifact(ws, tracked["run_id"], audited["histogram"], "audit")
     body = {
         "approximation_id": aid, "guarantee": "approximate", "method": params.unlearn.method,
-        "unlearn_params": params.to_dict()["unlearn"], "requests": [r["request_id"] for r in todo["requests"]],
+        "unlearn_params": {"method": params.unlearn.method,
+                           **to_dict(settings_of(params.unlearn.method, params.unlearn))}, "requests": [r["request_id"] for r in todo["requests"]],
         "records_erased": len(todo["erased"]), "records_relabelled": len(todo["rectified"]),
         **({"records_feature_edited": len(todo["features"])} if todo.get("features") else {}),
         "base_version": str(base.version), "new_version": tracked["version"], "promoted": decision["promoted"],

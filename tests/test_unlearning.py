@@ -57,7 +57,7 @@ def copy_of(model):
     return copy.deepcopy(model)
 
 
-SECOND = UnlearnConfig(l2=C, damping=0.0, ihvp_iterations=200, hessian_samples=10_000)
+SECOND = UnlearnConfig.everywhere(l2=C, damping=0.0, ihvp_iterations=200, hessian_samples=10_000)
 
 
 def best_first_order(model, edit, x_rest, y_rest):
@@ -65,7 +65,7 @@ def best_first_order(model, edit, x_rest, y_rest):
     (a choice a user can make without retraining)."""
     best = None
     for tau in torch.logspace(-4, 0, 41).tolist():
-        m, _ = create_unlearner("influence_first_order")(model, edit, None, UnlearnConfig(lr=tau))
+        m, _ = create_unlearner("influence_first_order")(model, edit, None, UnlearnConfig.of("influence_first_order", lr=tau))
         value = float(objective(m, x_rest, y_rest).detach())
         if best is None or value < best[0]:
             best = (value, m)
@@ -150,7 +150,7 @@ def test_lissa_agrees_with_conjugate_gradients():
     edit, retain = Edit(x[:1], y[:1]), Data(x[1:], y[1:])
     cg, _ = create_unlearner("influence_second_order")(model, edit, retain, SECOND)
     ls, _ = create_unlearner("influence_second_order")(
-        model, edit, retain, replace(SECOND, ihvp="lissa", ihvp_iterations=2000, lissa_scale=2.0))
+        model, edit, retain, SECOND.with_settings("influence_second_order", ihvp="lissa", ihvp_iterations=2000, lissa_scale=2.0))
     assert (flat(ls) - flat(cg)).norm() < 1e-3 * (flat(cg) - flat(model)).norm() + 1e-9
 
 
@@ -195,8 +195,8 @@ def certified_logreg(x, y, classes=4, lam=1e-3):
 def test_every_method_lowers_confidence_on_the_forget_set(name, use_retain):
     model, x, y = tiny_task()
     forget, retain = Edit(x[:12], y[:12], train_size=len(y)), Data(x[12:], y[12:])
-    # one setting for every method (fisher_scale, read by fisher alone, at the scale this tiny MLP needs)
-    cfg = UnlearnConfig(lr=0.05, epochs=10, use_retain=use_retain, fisher_scale=1e-5)
+    # one setting for every method that has it (scale, fisher's alone, at the scale this tiny MLP needs)
+    cfg = UnlearnConfig.everywhere(lr=0.05, epochs=10, use_retain=use_retain, scale=1e-5)
     method = create_unlearner(name)
     if method.accepts(model):  # a method for one kind of model (certified_removal): that model
         with pytest.raises(ValueError, match=f"method '{name}' cannot update this model"):
@@ -244,7 +244,7 @@ def test_shard_edits_split_erasures_corrections_and_retain(tmp_path):
     path = tmp_path / "shard_0.pt"
     result = train_constituent(manifest, images, spec, TrainConfig(model="mlp", epochs=2))
     path.write_bytes(constituent_bytes(spec, result.state_dict, result.slice_keys, 0))
-    cfg = UnlearnConfig(method="finetune", epochs=1)
+    cfg = UnlearnConfig.of("finetune", epochs=1)
     assert approximate_constituent(path, manifest, images, set(), {}, cfg) is None
     data, results = approximate_constituent(path, manifest, images, erased, rectified, cfg)
     assert [r.method for r in results] == ["finetune", "finetune"]  # erase, then relabel
@@ -296,7 +296,7 @@ def test_amun_passes_over_retain_data_as_configured(mode):
 
     model, x, y = tiny_task()
     forget, retain = Edit(x[:12], y[:12]), Data(x[12:], y[12:])
-    cfg = UnlearnConfig(method="amun", epochs=2, batch_size=32, amun_retain=mode)
+    cfg = UnlearnConfig.of("amun", epochs=2, batch_size=32, retain=mode)
     _, result = create_unlearner("amun")(model, forget, retain, cfg)
     fine_tuned = 12 + 12 + (len(retain) if mode == "full" else 0)  # forget + adversarial (+ every retain record)
     assert result.details["steps"] == 2 * math.ceil(fine_tuned / 32)
@@ -359,8 +359,8 @@ def mean_loss(model, x, y) -> float:
 
 
 @pytest.mark.parametrize("name, cfg", [
-    ("fisher", UnlearnConfig(fisher_scale=1e-4, fisher_max_variance=25.0)),
-    ("salun", UnlearnConfig(lr=0.05, epochs=10, salun_sparsity=0.5)),
+    ("fisher", UnlearnConfig.of("fisher", scale=1e-4, max_variance=25.0)),
+    ("salun", UnlearnConfig.of("salun", lr=0.05, epochs=10, sparsity=0.5)),
 ])
 def test_fisher_and_salun_raise_the_forget_loss_and_keep_the_retain_loss_within_a_bound(name, cfg):
     """Bound: the retain loss rises by at most 0.1 nats, while the forget loss rises by at least 1 nat."""
@@ -371,3 +371,74 @@ def test_fisher_and_salun_raise_the_forget_loss_and_keep_the_retain_loss_within_
     before_r, after_r = mean_loss(model, x[k:], y[k:]), mean_loss(updated, x[k:], y[k:])
     assert after_r - before_r <= 0.1, (before_r, after_r, result.details)
     assert after_f >= before_f + 1.0, (before_f, after_f, result.details)
+
+
+# --- one settings section per method ----------------------------------------------------------
+
+def test_params_yaml_has_one_section_per_method_with_exactly_its_declared_settings_and_defaults():
+    import dataclasses
+
+    import yaml
+    from conftest import REPO_ROOT
+    from unlearnflow.config import parse_params
+    from unlearnflow.unlearning import Settings, settings_of
+
+    cfg = parse_params(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())).unlearn
+    assert sorted(cfg.methods) == UNLEARNERS.names() and cfg.flat == {}
+    shared = {f.name for f in dataclasses.fields(Settings)}
+    for name in UNLEARNERS.names():
+        declared = UNLEARNERS.get(name).Settings
+        assert declared is not Settings and declared.section == f"unlearn.{name}", name  # its own, in its module
+        own = {f.name: f.default for f in dataclasses.fields(declared) if f.name not in shared}
+        assert cfg.methods[name] == own, name  # every setting, at its default: params.yaml documents them all
+        assert settings_of(name, cfg) == declared()
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"amun": {"lr": -1}}, "unlearn.amun.lr = -1.0 is invalid: expected a positive number"),
+    ({"amun": {"retain": "half"}}, "unlearn.amun.retain = 'half' is invalid: expected 'full' or 'batch'"),
+    ({"salun": {"lr": 0.1, "sparsty": 0.5}}, "unknown key(s) sparsty in unlearn.salun; valid keys: epochs, lr, "
+                                             "sparsity"),
+    ({"fisher": {"scale": "small"}}, "unlearn.fisher.scale = 'small' is invalid: expected a number"),
+    ({"amn": {"lr": 0.1}}, "unlearn.amn is not a method; valid sections: amun, certified_removal"),
+    ({"finetune": {"seed": 3}}, "unlearn.finetune.seed is set under unlearn: for every method"),
+    ({"certified_removal": {"lr": 1}}, "valid keys: none (certified_removal has no settings of its own)"),
+    ({"lr": "fast"}, "unlearn.amun.lr = 'fast' is invalid: expected a number (written flat under unlearn: as "
+                     "unlearn.lr)"),
+])
+def test_a_bad_method_setting_is_one_line_naming_its_section_and_the_valid_keys(section, message):
+    from unlearnflow.config import parse_params
+    from unlearnflow.errors import ConfigError
+    from unlearnflow.unlearning import check_settings
+
+    with pytest.raises(ConfigError) as err:
+        check_settings(parse_params({"unlearn": section}).unlearn)
+    assert message in str(err.value)
+
+
+def test_a_workspace_written_in_the_old_flat_form_still_loads_and_is_told_where_each_setting_moves(tmp_path, capsys):
+    """The unlearn: section every workspace got before one section per method (flat lr, epochs,
+    use_retain, amun_retain): each method reads what it read then, and a command says where to move them."""
+    import yaml
+    from conftest import cli
+    from test_guarantee import make_workspace
+    from unlearnflow.unlearning import flat_notice, settings_of
+
+    root = make_workspace(tmp_path / "ws")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["unlearn"] = {"method": "amun", "lr": 0.05, "epochs": 3, "use_retain": True, "amun_retain": "batch",
+                         "damping": 0.5}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from tasks.workspace import Workspace
+
+    cfg = Workspace(root).load_params().unlearn
+    amun = settings_of("amun", cfg)
+    assert (amun.lr, amun.epochs, amun.retain) == (0.05, 3, "batch")
+    assert settings_of("influence_second_order", cfg).damping == 0.5 and settings_of("salun", cfg).lr == 0.05
+    notice = flat_notice(cfg)
+    assert "unlearn.amun_retain -> unlearn.amun.retain" in notice and "unlearn.damping -> " \
+        "unlearn.influence_last_layer.damping, unlearn.influence_second_order.damping" in notice
+    capsys.readouterr()
+    assert cli("rectify", "-C", str(root), "--region", "0,0,9,9", "--subject", "s001") == 2  # a command that loads them
+    err = capsys.readouterr().err
+    assert "warning: params.yaml sets method settings flat under unlearn:" in err and "Move them: " in err

@@ -202,50 +202,77 @@ class AuditConfig:
 EXACT_METHOD = "sisa"  # unlearn.method for the exact erase flow alone; any other name is an approximate method
 
 
+# Settings written flat under ``unlearn:`` before each method had its own section, and the
+# field of a method's settings each one becomes (applied, as then, to every method that has it).
+FLAT_SETTINGS = {"lr": "lr", "epochs": "epochs", "l2": "l2", "damping": "damping", "ihvp": "ihvp",
+                 "ihvp_iterations": "ihvp_iterations", "hessian_samples": "hessian_samples",
+                 "lissa_scale": "lissa_scale", "pgd_steps": "pgd_steps", "eps_init": "eps_init",
+                 "eps_doublings": "eps_doublings", "fisher_scale": "scale", "fisher_max_variance": "max_variance",
+                 "salun_sparsity": "sparsity", "amun_retain": "retain"}
+
+
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """An approximate unlearning method and its knobs (``unlearnflow/unlearning/``).
+    """Which approximate unlearning method serves first, the knobs every method shares, and
+    one section per method (``methods``: {name: {setting: value}}, as params.yaml writes them
+    under ``unlearn.<name>:``). Each method declares its settings as a dataclass in its own
+    module (``unlearnflow/unlearning/<name>.py``); ``unlearning.settings_of`` types a section
+    there (this module imports no method: torch stays out of parsing params.yaml).
 
-    Only the fields a method reads matter to it; ``unlearnflow methods`` lists which."""
+    ``flat``: settings written the old way, directly under ``unlearn:`` (``FLAT_SETTINGS``), by
+    the name of the setting they become; they apply to every method that has such a setting,
+    and commands say where to move them."""
 
     method: str = EXACT_METHOD  # sisa (exact only) or an approximate method for the fast path: `unlearnflow methods`
-    lr: float = 0.01  # step size (first-order influence: the unlearning rate tau)
-    epochs: int = 5  # passes over the method's fine-tuning data
-    batch_size: int = 64
     use_retain: bool = True  # may the method read retain data (for methods that can do without)?
+    batch_size: int = 64
     seed: int = 0
-    l2: float = 0.0  # L2 strength C of the trained objective sum(loss) + C/2 |theta|^2 (influence)
-    damping: float = 0.01  # added to the mean Hessian's diagonal (influence, second order)
-    ihvp: str = "cg"  # cg | lissa: how H^-1 v is computed
-    ihvp_iterations: int = 50
-    hessian_samples: int = 1024  # retain records the Hessian is estimated on
-    lissa_scale: float = 50.0  # LiSSA: an upper bound on the mean Hessian's largest eigenvalue
-    pgd_steps: int = 10  # AMUN: L2 PGD steps per radius
-    eps_init: float | None = None  # AMUN: first L2 radius; null = from each example's logit margin
-    eps_doublings: int = 8  # AMUN: times the radius may double before giving up on an example
-    fisher_scale: float = 1e-7  # fisher: noise variance = fisher_scale / F (the retain data's diagonal Fisher)
-    fisher_max_variance: float = 1e-3  # fisher: the cap on that variance (weights the retain data never uses)
-    salun_sparsity: float = 0.5  # salun: share of weights frozen (smallest forget-loss gradient)
-    amun_retain: str = "full"  # AMUN with retain data: full = each epoch passes over retain + forget + adversarial
-    #                            examples (the authors' protocol); batch = each batch of forget + adversarial
-    #                            examples joined by as many random retain records (cost follows the forget set)
+    methods: dict = field(default_factory=dict)  # {method: {setting: value}}: unlearn.<method>
+    flat: dict = field(default_factory=dict)  # {setting: value} for every method that has it (old flat form)
 
     def __post_init__(self):
-        _check(self.lr > 0, "unlearn.lr", self.lr, "a positive number")
-        _check(self.epochs >= 0, "unlearn.epochs", self.epochs, "an integer >= 0")
         _check(self.batch_size >= 1, "unlearn.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.l2 >= 0 and self.damping >= 0, "unlearn.l2/damping", (self.l2, self.damping), "numbers >= 0")
-        _check(self.ihvp in ("cg", "lissa"), "unlearn.ihvp", self.ihvp, "cg or lissa")
-        _check(self.ihvp_iterations >= 1 and self.hessian_samples >= 1 and self.pgd_steps >= 1,
-               "unlearn.ihvp_iterations/hessian_samples/pgd_steps",
-               (self.ihvp_iterations, self.hessian_samples, self.pgd_steps), "integers >= 1")
-        _check(self.lissa_scale > 0, "unlearn.lissa_scale", self.lissa_scale, "a positive number")
-        _check(self.eps_init is None or self.eps_init > 0, "unlearn.eps_init", self.eps_init,
-               "a positive number or null")
-        _check(self.fisher_scale > 0 and self.fisher_max_variance > 0, "unlearn.fisher_scale/fisher_max_variance",
-               (self.fisher_scale, self.fisher_max_variance), "positive numbers")
-        _check(0 <= self.salun_sparsity < 1, "unlearn.salun_sparsity", self.salun_sparsity, "a number in [0, 1)")
-        _check(self.amun_retain in ("full", "batch"), "unlearn.amun_retain", self.amun_retain, "'batch' or 'full'")
+
+    COMMON = ("use_retain", "batch_size", "seed")
+
+    @classmethod
+    def of(cls, method: str, **settings) -> "UnlearnConfig":
+        """``method`` with these settings in its section (``use_retain``, ``batch_size``, ``seed``:
+        the shared knobs)."""
+        common = {k: settings.pop(k) for k in cls.COMMON if k in settings}
+        return cls(method=method, methods={method: settings}, **common)
+
+    @classmethod
+    def everywhere(cls, **settings) -> "UnlearnConfig":
+        """These settings for every method that has them (as the flat form applies them)."""
+        common = {k: settings.pop(k) for k in cls.COMMON if k in settings}
+        return cls(flat=settings, **common)
+
+    def with_settings(self, method: str, **settings) -> "UnlearnConfig":
+        """The same config serving ``method``, its section updated with ``settings``."""
+        common = {k: settings.pop(k) for k in self.COMMON if k in settings}
+        sections = {**self.methods, method: {**self.methods.get(method, {}), **settings}}
+        return dataclasses.replace(self, method=method, methods=sections, **common)
+
+
+def _build_unlearn(raw: dict, where: str) -> UnlearnConfig:
+    """``unlearn:``: the shared keys, a mapping per method (typed later, by the method), and
+    old flat settings (``FLAT_SETTINGS``); any other key is refused naming the valid ones."""
+    shared = {f.name for f in dataclasses.fields(UnlearnConfig)} - {"methods", "flat"}
+    common, sections, flat = {}, {}, {}
+    for key, value in raw.items():
+        if key in shared:
+            common[key] = value
+        elif isinstance(value, dict):
+            sections[key] = dict(value)
+        elif value is None and key not in FLAT_SETTINGS:
+            sections[key] = {}  # "amun:" with nothing under it: the defaults
+        elif key in FLAT_SETTINGS:
+            flat[FLAT_SETTINGS[key]] = value
+        else:
+            raise ConfigError(f"unknown key {key} in {where}: expected {', '.join(sorted(shared))}, or a method's "
+                              f"section (a mapping under its name, e.g. {where}.amun: {{lr: 0.01}})")
+    return _build(UnlearnConfig, {**common, "methods": sections, "flat": flat}, where, mappings=("methods", "flat"))
 
 
 @dataclass(frozen=True)
@@ -342,9 +369,13 @@ def parse_params(raw: dict | None) -> Params:
     return _build(Params, raw or {}, "params")
 
 
-def _build(cls, raw, where: str):
+def _build(cls, raw, where: str, mappings: tuple[str, ...] = ()):
+    """``cls`` from ``raw`` (unknown keys refused, each value coerced to its field's type);
+    the fields named in ``mappings`` are taken as they are (dicts)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__} {raw!r}")
+    if cls is UnlearnConfig and not mappings:
+        return _build_unlearn(raw, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -354,8 +385,14 @@ def _build(cls, raw, where: str):
         )
     kwargs = {}
     for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where != "params" else name)
+        kwargs[name] = value if name in mappings else _coerce(hints[name], value,
+                                                              f"{where}.{name}" if where != "params" else name)
     return cls(**kwargs)
+
+
+def build_settings(cls, raw: dict, where: str):
+    """A method's settings dataclass from its section (``unlearning.settings_of``)."""
+    return _build(cls, raw, where)
 
 
 def _coerce(tp, value, key: str):
@@ -398,6 +435,8 @@ def to_dict(obj) -> dict:
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
             v = to_dict(v)
+        elif isinstance(v, dict):
+            v = {k: dict(x) if isinstance(x, dict) else x for k, x in v.items()}
         elif isinstance(v, tuple):
             v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
         out[f.name] = v

@@ -9,14 +9,19 @@ module with an ``Unlearner`` subclass decorated ``@register_unlearner``, importe
 tests/test_unlearning.py runs every registered method.
 """
 
-from unlearnflow.config import EXACT_METHOD, TrainConfig
+import dataclasses
+
+from unlearnflow.config import EXACT_METHOD, FLAT_SETTINGS, TrainConfig, UnlearnConfig
 from unlearnflow.errors import ConfigError
-from unlearnflow.unlearning._base import UNLEARNERS, Data, Edit, Unlearner, UnlearnResult, register_unlearner
+from unlearnflow.unlearning._base import (UNLEARNERS, Data, Edit, FineTuning, Settings, Unlearner, UnlearnResult,
+                                          register_unlearner, settings_of)
 from unlearnflow.unlearning import (  # noqa: F401  (registration)
     amun, certified_removal, finetune, fisher, gradient_ascent, influence, influence_last_layer, random_label, retrain,
     salun,
 )
 
+
+FLAT_KEY = {setting: key for key, setting in FLAT_SETTINGS.items()}  # a setting's old flat name
 
 EXACT_SUMMARY = "exact: the erase flow retrains the affected shards from their last clean checkpoint (default)"
 
@@ -41,6 +46,34 @@ def create_unlearner(name: str) -> Unlearner:
     return UNLEARNERS.get(name)()
 
 
+def check_settings(cfg: UnlearnConfig) -> None:
+    """Every ``unlearn.<method>:`` section names a method and holds valid settings for it, and
+    every flat setting of the old form is one some method has (one-line errors)."""
+    for name in cfg.methods:
+        if name not in UNLEARNERS:
+            raise ConfigError(f"unlearn.{name} is not a method; valid sections: {', '.join(UNLEARNERS.names())}")
+        settings_of(name, cfg)
+    for name in UNLEARNERS.names() if cfg.flat else ():  # a flat value of the wrong type or range
+        try:
+            settings_of(name, UnlearnConfig(flat=cfg.flat))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (written flat under unlearn: as "
+                              f"{', '.join(f'unlearn.{FLAT_KEY[k]}' for k in sorted(cfg.flat))})") from None
+
+
+def flat_notice(cfg: UnlearnConfig) -> str | None:
+    """What a command says about settings written the old way, flat under ``unlearn:``."""
+    if not cfg.flat:
+        return None
+    where = []
+    for setting in sorted(cfg.flat):
+        takers = [n for n in UNLEARNERS.names()
+                  if setting in {f.name for f in dataclasses.fields(UNLEARNERS.get(n).Settings)}]
+        where.append(f"unlearn.{FLAT_KEY[setting]} -> {', '.join(f'unlearn.{n}.{setting}' for n in takers)}")
+    return ("params.yaml sets method settings flat under unlearn: (the form before one section per method); "
+            "they apply as before to every method that has them. Move them: " + "; ".join(where))
+
+
 def check_method(name: str, train: TrainConfig, exact_allowed: bool = True) -> None:
     """Refuse, before a request is filed or a flow starts, a method that is unknown or cannot
     update models trained with ``train`` (``Unlearner.refuses``). ``exact_allowed``: whether
@@ -57,5 +90,6 @@ def check_method(name: str, train: TrainConfig, exact_allowed: bool = True) -> N
         raise ConfigError(f"unlearning method {name!r} cannot update this workspace's models: {why}")
 
 
-__all__ = ["EXACT_METHOD", "EXACT_SUMMARY", "UNLEARNERS", "Data", "Edit", "Unlearner", "UnlearnResult",
-           "check_method", "create_unlearner", "is_exact", "method_rows", "register_unlearner"]
+__all__ = ["EXACT_METHOD", "EXACT_SUMMARY", "UNLEARNERS", "Data", "Edit", "FineTuning", "Settings", "Unlearner",
+           "UnlearnResult", "check_method", "check_settings", "create_unlearner", "flat_notice", "is_exact",
+           "method_rows", "register_unlearner", "settings_of"]

@@ -10,6 +10,7 @@ zeroed in every record). No replacement means the points are erased.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +19,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearnflow._registry import Registry
-from unlearnflow.config import TrainConfig, UnlearnConfig
+from unlearnflow.config import TrainConfig, UnlearnConfig, build_settings
+from unlearnflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A method's settings (``unlearn.<method>:`` in params.yaml): each method declares a
+    subclass next to its code; these three are ``unlearn:``'s shared knobs, filled in from it."""
+
+    use_retain: bool = True
+    batch_size: int = 64
+    seed: int = 0
+
+    def check(self, ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{self.section}.{key} = {getattr(self, key)!r} is invalid: expected {expected}")
+
+    section = "unlearn"  # where its values come from, for messages (set by register_unlearner)
+
+
+@dataclass(frozen=True)
+class FineTuning(Settings):
+    """What every method that fine-tunes reads (``fit``)."""
+
+    lr: float = 0.01  # SGD step size
+    epochs: int = 5  # passes over the method's fine-tuning data
+
+    def __post_init__(self):
+        self.check(self.lr > 0, "lr", "a positive number")
+        self.check(self.epochs >= 0, "epochs", "an integer >= 0")
 
 
 @dataclass
@@ -72,8 +102,13 @@ class Unlearner:
     # what bench/unlearning.py tries (unlearn.* overrides; the row with the smallest gap to a retrain is
     # reported): declared with the method, so a new method is benchmarked without editing the bench
     bench_grid: tuple[dict, ...] = ()
+    Settings: type[Settings] = Settings  # the method's settings (a subclass declared in its module)
 
-    def __call__(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> tuple[nn.Module, UnlearnResult]:
+    def __call__(self, model: nn.Module, edit: Edit, retain: Data | None,
+                 cfg: UnlearnConfig | Settings) -> tuple[nn.Module, UnlearnResult]:
+        """``cfg``: the workspace's ``UnlearnConfig`` (this method's section is read from it)
+        or this method's ``Settings``."""
+        cfg = cfg if isinstance(cfg, self.Settings) else settings_of(self.name, cfg)
         retain = retain if (cfg.use_retain and self.can_use_retain) else None
         if self.needs_retain and retain is None:
             raise ValueError(f"method {self.name!r} needs retain data (unlearn.use_retain is false or none given); "
@@ -97,7 +132,7 @@ class Unlearner:
         before a request is filed, where only the config is at hand."""
         return None
 
-    def update(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: UnlearnConfig) -> dict | None:
+    def update(self, model: nn.Module, edit: Edit, retain: Data | None, cfg: Settings) -> dict | None:
         raise NotImplementedError
 
 
@@ -105,8 +140,31 @@ UNLEARNERS: Registry = Registry("unlearning method")
 
 
 def register_unlearner(cls):
+    if cls.Settings is not Settings:
+        cls.Settings.section = f"unlearn.{cls.name}"
     UNLEARNERS.register(cls.name)(cls)
     return cls
+
+
+def settings_of(name: str, cfg: UnlearnConfig) -> Settings:
+    """Method ``name``'s settings: its section ``unlearn.<name>`` over the flat settings of the
+    old form that it has (``UnlearnConfig.flat``), with ``unlearn:``'s shared knobs; typed and
+    checked by the method's ``Settings`` (a one-line error naming the key and the valid ones)."""
+    cls = UNLEARNERS.get(name).Settings
+    names = {f.name for f in dataclasses.fields(cls)}
+    flat = {k: v for k, v in cfg.flat.items() if k in names}
+    section = dict(cfg.methods.get(name) or {})
+    shared = sorted(set(section) & set(UnlearnConfig.COMMON))
+    if shared:
+        raise ConfigError(f"unlearn.{name}.{shared[0]} is set under unlearn: for every method; remove it from "
+                          f"unlearn.{name}")
+    own = sorted(names - set(UnlearnConfig.COMMON))
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in unlearn.{name}; valid keys: "
+                          f"{', '.join(own) or f'none ({name} has no settings of its own)'}")
+    return build_settings(cls, {**flat, **section, **{k: getattr(cfg, k) for k in UnlearnConfig.COMMON}},
+                          f"unlearn.{name}")
 
 
 def concat(*parts: Data | None) -> Data:
@@ -114,7 +172,7 @@ def concat(*parts: Data | None) -> Data:
     return Data(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def fit(model: nn.Module, data: Data, cfg: UnlearnConfig, sign: float = 1.0, retain: Data | None = None,
+def fit(model: nn.Module, data: Data, cfg: FineTuning, sign: float = 1.0, retain: Data | None = None,
         mask: list[torch.Tensor] | None = None, generator: torch.Generator | None = None) -> int:
     """``cfg.epochs`` passes of SGD (momentum 0.9) over ``data`` on cross-entropy times
     ``sign`` (-1: ascent). With ``retain``, each batch is joined by as many retain records

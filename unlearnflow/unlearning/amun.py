@@ -9,18 +9,19 @@ radius for the examples whose prediction has not flipped yet (at most
 stops at its first flip. The adversarial examples are labelled with the model's own
 (wrong) prediction, and adversarial images are kept in the pixel range. The model is then
 fine-tuned on forget + adversarial examples; with retain data, by default on retain +
-forget + adversarial examples each epoch, as the authors' code does (``unlearn.amun_retain:
+forget + adversarial examples each epoch, as the authors' code does (``unlearn.amun.retain:
 full``), or with each batch joined by as many random retain records (``batch``: cheaper).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from unlearnflow.unlearning._base import Data, Unlearner, concat, fit, register_unlearner
+from unlearnflow.unlearning._base import Data, FineTuning, Unlearner, concat, fit, register_unlearner
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -76,10 +77,29 @@ def nearest_adversarial(model, x: torch.Tensor, y: torch.Tensor, steps: int, eps
     return adv, label, eps
 
 
+@dataclass(frozen=True)
+class AmunSettings(FineTuning):
+    """unlearn.amun: the fine-tuning's lr and epochs, the adversarial search, and how retain data joins."""
+
+    pgd_steps: int = 10  # L2 PGD steps per radius
+    eps_init: float | None = None  # the first L2 radius; None = from each example's logit margin
+    eps_doublings: int = 8  # times the radius may double before giving up on an example
+    retain: str = "full"  # full = each epoch over retain + forget + adversarial examples (the authors'
+    #                       protocol); batch = each batch joined by as many random retain records (cheaper)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.pgd_steps >= 1, "pgd_steps", "an integer >= 1")
+        self.check(self.eps_init is None or self.eps_init > 0, "eps_init", "a positive number or null")
+        self.check(self.eps_doublings >= 0, "eps_doublings", "an integer >= 0")
+        self.check(self.retain in ("full", "batch"), "retain", "'full' or 'batch'")
+
+
 @register_unlearner
 class AMUN(Unlearner):
     name = "amun"
-    summary = "AMUN (ICML 2025): fine-tune on forget + nearest adversarial examples (+ retain: unlearn.amun_retain)"
+    Settings = AmunSettings
+    summary = "AMUN (ICML 2025): fine-tune on forget + nearest adversarial examples (+ retain: unlearn.amun.retain)"
     # the AMUN paper's grid + 1e-4 (sequential requests without retain chose 1e-3, the smallest)
     bench_grid = tuple({"lr": lr} for lr in (0.1, 0.05, 0.01, 0.001, 1e-4))
 
@@ -89,7 +109,7 @@ class AMUN(Unlearner):
                                                   cfg.eps_doublings)
         search = time.perf_counter() - t0
         data = concat(edit.forget, Data(adv, adv_label), edit.replacement)
-        if retain is not None and cfg.amun_retain == "full":
+        if retain is not None and cfg.retain == "full":
             steps = fit(model, concat(retain, data), cfg)
         else:
             steps = fit(model, data, cfg, retain=retain)

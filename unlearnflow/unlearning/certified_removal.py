@@ -13,16 +13,24 @@ the exact optimum on D' under a fresh perturbation, with nothing spent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from unlearnflow import certified
 from unlearnflow.hashing import stable_bucket
-from unlearnflow.unlearning._base import Unlearner, register_unlearner
+from unlearnflow.unlearning._base import Settings, Unlearner, register_unlearner
+
+
+@dataclass(frozen=True)
+class CertifiedRemovalSettings(Settings):
+    """unlearn.certified_removal: none of its own; its budget and noise are train.certified's."""
 
 
 @register_unlearner
 class CertifiedRemoval(Unlearner):
     name = "certified_removal"
+    Settings = CertifiedRemovalSettings
     needs_retain = True  # the Newton step's Hessian is over the remaining records
     summary = "Guo et al. (ICML 2020): Newton step on a train.certified logreg, (eps, delta) bound checked; retrains past it"
 

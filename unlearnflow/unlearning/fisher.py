@@ -1,7 +1,7 @@
 """fisher: Fisher forgetting (Golatkar et al., "Eternal Sunshine of the Spotless Net", CVPR
 2020). The diagonal of the Fisher information of the retain data says how much each weight
 matters to what is kept; each weight is then perturbed with Gaussian noise of variance
-``fisher_scale / F`` (capped at ``fisher_max_variance``), so weights the retain data rely on
+``scale / F`` (capped at ``max_variance``; ``unlearn.fisher:``), so weights the retain data rely on
 move little and the rest, which only the forgotten data needed, are scrubbed. Corrected
 points, if any, join the retain data. Needs retain data.
 
@@ -9,10 +9,12 @@ The Fisher is the true one: the expectation over the model's own predictive dist
 the squared gradient of the log-likelihood, estimated on up to ``hessian_samples`` retain
 records (one backward pass per record and class with non-negligible probability)."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from unlearnflow.unlearning._base import Unlearner, concat, register_unlearner
+from unlearnflow.unlearning._base import Settings, Unlearner, concat, register_unlearner
 
 
 def diagonal_fisher(model, data, samples: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -31,12 +33,26 @@ def diagonal_fisher(model, data, samples: int, generator: torch.Generator) -> li
     return [f / max(len(idx), 1) for f in fisher]
 
 
+@dataclass(frozen=True)
+class FisherSettings(Settings):
+    """unlearn.fisher: the noise's scale and cap, and how many records the Fisher is estimated on."""
+
+    scale: float = 1e-7  # noise variance = scale / F (the retain data's diagonal Fisher information)
+    max_variance: float = 1e-3  # the cap on that variance (weights the retain data never uses)
+    hessian_samples: int = 1024  # retain records the Fisher is estimated on
+
+    def __post_init__(self):
+        self.check(self.scale > 0, "scale", "a positive number")
+        self.check(self.max_variance > 0, "max_variance", "a positive number")
+        self.check(self.hessian_samples >= 1, "hessian_samples", "an integer >= 1")
+
 @register_unlearner
 class FisherForgetting(Unlearner):
     name = "fisher"
+    Settings = FisherSettings
     needs_retain = True
     summary = "Fisher forgetting: noise scaled by the retain data's inverse diagonal Fisher (Golatkar et al.)"
-    bench_grid = tuple({"fisher_scale": a} for a in (1e-7, 1e-6, 1e-5, 1e-4))
+    bench_grid = tuple({"scale": a} for a in (1e-7, 1e-6, 1e-5, 1e-4))
 
     def update(self, model, edit, retain, cfg):
         g = torch.Generator().manual_seed(cfg.seed)
@@ -44,9 +60,9 @@ class FisherForgetting(Unlearner):
         scrubbed = 0
         with torch.no_grad():
             for p, f in zip([p for p in model.parameters() if p.requires_grad], fisher):
-                var = (cfg.fisher_scale / (f + 1e-12)).clamp(max=cfg.fisher_max_variance)
+                var = (cfg.scale / (f + 1e-12)).clamp(max=cfg.max_variance)
                 p.add_(var.sqrt() * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
-                scrubbed += int((var >= cfg.fisher_max_variance).sum())
+                scrubbed += int((var >= cfg.max_variance).sum())
         return {"records_for_fisher": min(cfg.hessian_samples, len(retain) + (len(edit.y) if edit.replacement
                                                                               else 0)),
                 "weights_at_max_variance": scrubbed}

@@ -1,12 +1,20 @@
 """gradient_ascent: maximise the loss on the forget set (and, for a correction, then
 minimise it on the corrected points). Never reads retain data."""
 
-from unlearnflow.unlearning._base import Unlearner, fit, register_unlearner
+from dataclasses import dataclass
+
+from unlearnflow.unlearning._base import FineTuning, Unlearner, fit, register_unlearner
+
+
+@dataclass(frozen=True)
+class GradientAscentSettings(FineTuning):
+    """unlearn.gradient_ascent: lr, epochs (ascent on the forget set, descent on corrected points)."""
 
 
 @register_unlearner
 class GradientAscent(Unlearner):
     name = "gradient_ascent"
+    Settings = GradientAscentSettings
     can_use_retain = False
     summary = "ascend the loss on the forget set"
     # every rate of the AMUN grid diverged: go lower

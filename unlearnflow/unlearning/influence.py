@@ -4,7 +4,7 @@ of Features and Labels" (NDSS 2023).
 The affected points Z are replaced by corrected points Z~ (none, for an erasure), and
 the parameters move by the change this makes to the training gradient:
 
-    first order   theta <- theta - tau * (G(Z~) - G(Z))                 tau = unlearn.lr
+    first order   theta <- theta - tau * (G(Z~) - G(Z))                 tau = unlearn.influence_first_order.lr
     second order  theta <- theta - A^-1 (G(Z~) - G(Z)) / n
                   A = mean Hessian of the remaining training loss + (C / n + damping) I
 
@@ -18,10 +18,12 @@ estimate). One update; no epochs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from unlearnflow.unlearning._base import Data, Unlearner, concat, register_unlearner
+from unlearnflow.unlearning._base import Data, Settings, Unlearner, concat, register_unlearner
 
 
 def _params(model) -> list[torch.Tensor]:
@@ -99,9 +101,40 @@ def _apply_update(model, step: list[torch.Tensor]) -> float:
     return float(torch.sqrt(_dot(step, step)))
 
 
+@dataclass(frozen=True)
+class FirstOrderSettings(Settings):
+    """unlearn.influence_first_order: the unlearning rate tau."""
+
+    lr: float = 0.01  # tau: theta -= tau (grad L(Z~) - grad L(Z))
+
+    def __post_init__(self):
+        self.check(self.lr > 0, "lr", "a positive number")
+
+
+@dataclass(frozen=True)
+class SecondOrderSettings(Settings):
+    """unlearn.influence_second_order: the trained objective's L2, and how H^-1 v is computed."""
+
+    l2: float = 0.0  # L2 strength C of the trained objective sum(loss) + C/2 |theta|^2
+    damping: float = 0.01  # added to the mean Hessian's diagonal
+    ihvp: str = "cg"  # cg | lissa
+    ihvp_iterations: int = 50
+    hessian_samples: int = 1024  # retain records the Hessian is estimated on
+    lissa_scale: float = 50.0  # LiSSA: an upper bound on the mean Hessian's largest eigenvalue
+
+    def __post_init__(self):
+        self.check(self.l2 >= 0, "l2", "a number >= 0")
+        self.check(self.damping >= 0, "damping", "a number >= 0")
+        self.check(self.ihvp in ("cg", "lissa"), "ihvp", "cg or lissa")
+        self.check(self.ihvp_iterations >= 1, "ihvp_iterations", "an integer >= 1")
+        self.check(self.hessian_samples >= 1, "hessian_samples", "an integer >= 1")
+        self.check(self.lissa_scale > 0, "lissa_scale", "a positive number")
+
+
 @register_unlearner
 class InfluenceFirstOrder(Unlearner):
     name = "influence_first_order"
+    Settings = FirstOrderSettings
     summary = "Warnecke et al. (NDSS 2023): theta -= tau (grad L(Z~) - grad L(Z)); erases, relabels or changes features"
     bench_grid = tuple({"lr": tau} for tau in (1e-3, 1e-4, 1e-5, 1e-6))
     can_use_retain = False
@@ -115,6 +148,7 @@ class InfluenceFirstOrder(Unlearner):
 @register_unlearner
 class InfluenceSecondOrder(Unlearner):
     name = "influence_second_order"
+    Settings = SecondOrderSettings
     summary = "Warnecke et al.: theta -= H^-1 (grad L(Z~) - grad L(Z)) / n, by CG or LiSSA"
     bench_grid = tuple({"damping": d} for d in (0.01, 0.1, 1.0))
 

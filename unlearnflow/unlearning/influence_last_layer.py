@@ -15,11 +15,13 @@ module is an ``nn.Linear`` (cnn, mlp).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearnflow.unlearning._base import Data, Unlearner, register_unlearner
+from unlearnflow.unlearning._base import Data, Settings, Unlearner, register_unlearner
 
 
 def _features(body: nn.Module, data: Data | None, batch_size: int = 512) -> torch.Tensor:
@@ -51,9 +53,22 @@ def _mean_hessian(W: torch.Tensor, f: torch.Tensor, batch: int = 256) -> torch.T
     return H.reshape(K * d, K * d) / len(f)
 
 
+@dataclass(frozen=True)
+class LastLayerSettings(Settings):
+    """unlearn.influence_last_layer: the trained objective's L2 strength and the Hessian's damping."""
+
+    l2: float = 0.0  # L2 strength C of the trained objective sum(loss) + C/2 |theta|^2
+    damping: float = 0.01  # added to the mean Hessian's diagonal
+
+    def __post_init__(self):
+        self.check(self.l2 >= 0, "l2", "a number >= 0")
+        self.check(self.damping >= 0, "damping", "a number >= 0")
+
+
 @register_unlearner
 class InfluenceLastLayer(Unlearner):
     name = "influence_last_layer"
+    Settings = LastLayerSettings
     needs_retain = True
     summary = "the second-order step on the last linear layer only, with its exact Hessian (cnn, mlp)"
     bench_grid = tuple({"damping": d} for d in (1e-4, 1e-3, 1e-2, 0.1))

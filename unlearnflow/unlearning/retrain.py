@@ -3,18 +3,24 @@ scratch on the retain data and any corrected points with the training loop's
 optimiser (Adam, ``lr``, ``epochs``). Needs retain data. (For a SISA ensemble the exact
 path is the erase flow's, which retrains only the affected shards.)"""
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from unlearnflow.config import TrainConfig
 from unlearnflow.training import make_optimizer, train_epoch
-from unlearnflow.unlearning._base import Unlearner, concat, register_unlearner
+from unlearnflow.unlearning._base import FineTuning, Unlearner, concat, register_unlearner
+
+
+@dataclass(frozen=True)
+class RetrainSettings(FineTuning):
+    """unlearn.retrain: lr (Adam), epochs over the retain data from a fresh initialisation."""
 
 
 @register_unlearner
 class Retrain(Unlearner):
     name = "retrain"
+    Settings = RetrainSettings
     needs_retain = True
     summary = "exact reference for one model: new weights, trained on retain (+ corrected points) only"
     bench_grid = ({"lr": 0.001, "epochs": 20},)  # the training recipe's optimiser and budget, no augmentation

@@ -1,13 +1,15 @@
 """salun: saliency unlearning (Fan et al., "SalUn", ICLR 2024). A weight-saliency mask from
-the forget loss's gradient (the share ``salun_sparsity`` of weights with the smallest
+the forget loss's gradient (the share ``sparsity`` of weights with the smallest
 |gradient| are frozen, and every weight whose gradient is exactly 0), then random-label fine-tuning of only the salient weights: the
 forget set relabelled with random wrong classes (corrected points keep their right labels),
 each batch joined by as many retain records when retain data is given."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from unlearnflow.unlearning._base import Data, Unlearner, concat, fit, register_unlearner
+from unlearnflow.unlearning._base import Data, FineTuning, Unlearner, concat, fit, register_unlearner
 
 
 def saliency_mask(model, forget: Data, sparsity: float) -> list[torch.Tensor]:
@@ -29,14 +31,25 @@ def saliency_mask(model, forget: Data, sparsity: float) -> list[torch.Tensor]:
     return masks
 
 
+@dataclass(frozen=True)
+class SalunSettings(FineTuning):
+    """unlearn.salun: lr, epochs, and the share of weights frozen."""
+
+    sparsity: float = 0.5  # the share of weights with the smallest forget-loss gradient left as they are
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(0 <= self.sparsity < 1, "sparsity", "a number in [0, 1)")
+
 @register_unlearner
 class SalUn(Unlearner):
     name = "salun"
+    Settings = SalunSettings
     summary = "random-label fine-tuning of the salient weights only (forget-loss gradient mask; Fan et al.)"
     bench_grid = tuple({"lr": lr} for lr in (0.1, 0.01, 0.001, 1e-4, 1e-5))
 
     def update(self, model, edit, retain, cfg):
-        mask = saliency_mask(model, edit.forget, cfg.salun_sparsity)
+        mask = saliency_mask(model, edit.forget, cfg.sparsity)
         with torch.no_grad():
             k = model(edit.x[:1]).shape[1]
         g = torch.Generator().manual_seed(cfg.seed)
