@@ -12,7 +12,8 @@ the CNN, 20 epochs):
   the clean data;
 - exact path: the same ensemble trained again on the corrected data with the checkpoints of
   the original (unchanged slice stages reused: SISA's erasure);
-- approximate methods: each registered method that takes a CNN, applied per shard to the
+- approximate methods: each registered method that takes a CNN (``retrain``, the one-model
+  exact reference, is listed but not counted as an approximate method), applied per shard to the
   constituents of the original with the same edit (pixels and labels, `unlearnflow.approximate.
   shard_edits`); its setting chosen from its bench grid by the lowest attack success plus clean
   accuracy drop on the *holdout* split (never the test split the table reports);
@@ -47,17 +48,17 @@ from unlearnflow.records import RecordSet, split_records
 from unlearnflow.sisa import train_ensemble
 from unlearnflow.unlearning import UNLEARNERS, create_unlearner
 
-from record import save_json, save_md  # bench/record.py
+from record import save_json, save_md, stamp  # bench/record.py
 
 TRIGGER = FeatureEdit((24, 24, 27, 27), "255")  # stamped: the backdoor
 REMOVAL = FeatureEdit((24, 24, 27, 27), "0")  # the feature request: fill with the background
 TARGET = 0
 POISONED_SHARE = 0.03
 METHODS = [n for n in UNLEARNERS.names() if n != "certified_removal"]  # it takes a certified logreg
-BASE = UnlearnConfig(epochs=5, hessian_samples=512, ihvp_iterations=20)
+BASE = UnlearnConfig.everywhere(epochs=5, hessian_samples=512, ihvp_iterations=20)  # where a method has them
 
 
-def stamp(records: RecordSet, at) -> RecordSet:
+def with_trigger(records: RecordSet, at) -> RecordSet:
     """The records with the trigger on those at positions ``at`` (labels unchanged)."""
     images = np.array(records.images)
     images[at] = apply(images[at], TRIGGER)
@@ -80,7 +81,7 @@ def run(smoke: bool) -> dict:
     rng = np.random.default_rng(0)
     candidates = np.flatnonzero(clean.labels != TARGET)
     pick = np.sort(rng.choice(candidates, int(round(POISONED_SHARE * len(clean))), replace=False))
-    poisoned = apply_requests(stamp(clean, pick), set(), {clean.record_ids[i]: TARGET for i in pick})
+    poisoned = apply_requests(with_trigger(clean, pick), set(), {clean.record_ids[i]: TARGET for i in pick})
     ids = {clean.record_ids[i] for i in pick}
     right = {clean.record_ids[i]: int(clean.labels[i]) for i in pick}
     pcfg = PartitionConfig()
@@ -128,7 +129,7 @@ def run(smoke: bool) -> dict:
         method = UNLEARNERS.get(name)
         tried = []
         for overrides in method.bench_grid[:1] if smoke else method.bench_grid:
-            ucfg = replace(BASE, method=name, use_retain=method.can_use_retain, **overrides)
+            ucfg = BASE.with_settings(name, use_retain=method.can_use_retain, **overrides)
             models, seconds = [], 0.0
             for (manifest, images), model in zip(shards, original.models):
                 _, _, edit, retain = shard_edits(manifest, images, set(), right, features=features)
@@ -152,13 +153,13 @@ def run(smoke: bool) -> dict:
             "train": {"model": tcfg.model, "epochs": tcfg.epochs}}
 
 
-def write(out: Path, res: dict, wall: float) -> None:
+def write(out: Path, res: dict, wall: float, recorded: dict) -> None:
     floors = res["floors"]
     floor_asr = [f["asr"] for f in floors]
     noise = max(floor_asr) - min(floor_asr)
     exact = next(r for r in res["rows"] if r["row"].startswith("exact"))
     gap = abs(exact["asr"] - float(np.mean(floor_asr)))
-    methods = [r for r in res["rows"] if r["row"] in METHODS]
+    methods = [r for r in res["rows"] if r["row"] in METHODS and r["row"] != "retrain"]  # retrain: the reference
     floor_accuracy = float(np.mean([f["clean_accuracy"] for f in floors]))
 
     def distance(r):  # from the floor: ASR difference plus clean accuracy lost below the floor's
@@ -168,8 +169,8 @@ def write(out: Path, res: dict, wall: float) -> None:
     lines = [
         "# A feature request removes a backdoor (BadNets on mnist5k)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on this machine (2 cores, no GPU; GPU rows: not measured, no GPU "
-        f"lent), `bench/features.py`, {wall / 60:.0f} min. {res['poisoned_records']} of {res['train_records']} "
+        f"Measured {recorded['date']} at commit {recorded['commit']} on this machine ({recorded['cores']} cores, "
+        f"{recorded['machine']}, no GPU: GPU rows not measured, no GPU lent), `bench/features.py`, {wall / 60:.0f} min. {res['poisoned_records']} of {res['train_records']} "
         f"training images ({100 * POISONED_SHARE:.0f}%) got a 3x3 square of 255 at (24,24)-(27,27) and the label "
         f"{TARGET}; the request fills that region with 0 and gives them back their labels. SISA S="
         f"{len(res['partition']['shards'])}, R={res['partition']['slices']}, {res['train']['model']}, "
@@ -197,10 +198,10 @@ def write(out: Path, res: dict, wall: float) -> None:
         f"retrain's time ({closest['seconds']:.1f} s against {res['retrain_seconds']:.1f} s).",
     ]
     save_md(out, lines)
-    save_json(out, {"results": res, "meta": {"wall_seconds": wall, "date": time.strftime("%Y-%m-%d")},
+    save_json(out, {"results": res, "meta": {"wall_seconds": wall, "date": recorded["date"]},
                     "summary": {"floor_asr_mean": float(np.mean(floor_asr)), "noise": noise, "exact_gap": gap,
                                 "exact_met": gap <= noise, "closest": closest["row"],
-                                "floor_accuracy_mean": floor_accuracy}})
+                                "floor_accuracy_mean": floor_accuracy}}, recorded)
 
 
 def main() -> None:
@@ -208,9 +209,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "features"))
     ap.add_argument("--smoke", action="store_true", help="1 epoch, one floor, first grid value: checks the script")
     args = ap.parse_args()
-    t0 = time.perf_counter()
+    started, t0 = stamp(), time.perf_counter()
     res = run(args.smoke)
-    write(Path(args.out), res, time.perf_counter() - t0)
+    write(Path(args.out), res, time.perf_counter() - t0, started)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ def stamp() -> dict:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
-def save_json(out: Path, data: dict) -> None:
-    Path(out).with_suffix(".json").write_text(json.dumps({"recorded": stamp(), **data}, indent=1, default=str) + "\n")
+def save_json(out: Path, data: dict, recorded: dict | None = None) -> None:
+    """``recorded``: the ``stamp()`` taken when the run began (default: now), so a checkout changed
+    while a long run went on does not stamp figures the run's code did not make."""
+    Path(out).with_suffix(".json").write_text(json.dumps({"recorded": recorded or stamp(), **data}, indent=1,
+                                                         default=str) + "\n")
 
 
 def save_md(out: Path, lines: list[str]) -> None:
