@@ -128,6 +128,19 @@ def region_windows(pixels: np.ndarray, region=REGION) -> dict[str, bytes]:
     return out
 
 
+def unique(root, needles: dict[str, bytes], ids) -> dict[str, bytes]:
+    """The needles no other record's pixels hold (an 8x8 digit's window can recur in another's)."""
+    from unlearnflow.records import SPLITS, RecordSet
+    from unlearnflow.stages import load_split
+
+    everything = RecordSet.concat([load_split(Workspace(root).layout, s) for s in SPLITS])
+    others = np.asarray(everything.images[[i for i, r in enumerate(everything.record_ids) if r not in set(ids)]])
+    haystack = b"|".join(image.tobytes() for image in others)
+    kept = {name: needle for name, needle in needles.items() if needle not in haystack}
+    assert kept, "no window of these records is unique to them"
+    return kept
+
+
 def shards_of(root, record_ids) -> dict[str, int]:
     """{shard: first slice (1-based) holding one of ``record_ids``} from the manifests."""
     ws = Workspace(root)
@@ -148,7 +161,7 @@ def filled(prefect_server, tmp_path_factory):
     subjects = train_subjects(root)
     subject = next(s for s in subjects if (records_of(root, s)[1][:, :, 2:6, 2:6] > 0).any())
     ids, old = records_of(root, subject)
-    needles = region_windows(old[(old[:, :, 2:6, 2:6] > 0).any(axis=(1, 2, 3))])  # records the fill changes
+    needles = unique(root, region_windows(old[(old[:, :, 2:6, 2:6] > 0).any(axis=(1, 2, 3))]), ids)  # changed ones
     assert len(search_tree(root, needles)) >= len(needles), "the search must find the old pixels before"
     before_version = int(production(root).version)
     expected_shards = shards_of(root, set(ids))
@@ -222,6 +235,9 @@ def test_an_approximate_method_serves_the_edit_first_and_the_exact_path_supersed
     root = filled["root"]
     other = next(s for s in filled["subjects"] if s != filled["subject"]
                  and (records_of(root, s)[1][:, :, 0:4, 0:8] > 0).any())
+    ids, old = records_of(root, other)
+    needles = unique(root, region_windows(old[(old[:, :, 0:4, :] > 0).any(axis=(1, 2, 3))], (0, 0, 8, 4)), ids)
+    assert search_tree(root, needles)
     capsys.readouterr()
     assert cli("rectify", "-C", str(root), "--region", "0,0,8,4", "--fill", "mean", "--subject", other,
                "--method", "influence_first_order", "--exact", "later") == 0
@@ -232,6 +248,7 @@ def test_an_approximate_method_serves_the_edit_first_and_the_exact_path_supersed
     assert cli("erase", "-C", str(root)) == 0
     exact = production(root)
     assert int(exact.version) == int(fast.version) + 1 and exact.tags.get("guarantee") != "approximate"
-    ids, now = records_of(root, other)
-    assert len(ids) and (now[:, :, 0:4, :] == now[:, :, 0:1, 0:1]).all()  # per record one mean value
-    assert cli("verify", "-C", str(root)) == 0
+    now_ids, now = records_of(root, other)
+    assert now_ids == ids and (now[:, :, 0:4, :] == now[:, :, 0:1, 0:1]).all()  # per record one mean value
+    assert search_tree(root, needles) == []  # the approximate version's files went with the old ones
+    assert cli("verify", "-C", str(root), "--retrain") == 0
