@@ -252,3 +252,32 @@ def test_an_approximate_method_serves_the_edit_first_and_the_exact_path_supersed
     assert now_ids == ids and (now[:, :, 0:4, :] == now[:, :, 0:1, 0:1]).all()  # per record one mean value
     assert search_tree(root, needles) == []  # the approximate version's files went with the old ones
     assert cli("verify", "-C", str(root), "--retrain") == 0
+
+
+def test_an_image_folders_ingest_cache_keeps_no_old_pixel_of_a_filled_region(tmp_path):
+    """The purge's step for image folders: the cached decoded pixels of the named records get
+    the edit too (the source files stay the operator's); the other records are untouched, and
+    a second fill changes nothing."""
+    from test_registries import write_hockey_folder
+    from unlearnflow.config import DataConfig
+    from unlearnflow.datasets.imagefolder import fill_ingest_cache, ingest
+
+    root, cache = tmp_path / "photos", tmp_path / "ingest"
+    write_hockey_folder(root)
+    cfg = DataConfig(dataset=f"imagefolder:{root}", image_size=16)
+    before, _ = ingest(cfg, str(root), cache)
+    target = before.record_ids[0]
+    edit = FeatureEdit((0, 0, 8, 8), "mean")
+    old = np.asarray(before.images[0])
+    rows = [old[c, y, 0:8].tobytes() for c in range(3) for y in range(8)]  # the region's old rows, 8 bytes each
+    assert all(row in b"".join(p.read_bytes() for p in cache.iterdir()) for row in rows)
+    assert fill_ingest_cache(cfg, cache, {target: [edit]}) == 1
+    after, stats = ingest(cfg, str(root), cache)
+    assert stats["reused"] == stats["files"]  # read from the cache, not decoded again
+    assert np.array_equal(np.asarray(after.images[0]), features.apply(old[None], edit)[0])
+    assert np.array_equal(np.asarray(after.images[1:]), np.asarray(before.images[1:]))
+    stored = b"".join(p.read_bytes() for p in cache.iterdir())
+    assert not [row for row in rows if row in stored]
+    filled = [p.read_bytes() for p in sorted(cache.iterdir())]
+    fill_ingest_cache(cfg, cache, {target: [edit]})
+    assert [p.read_bytes() for p in sorted(cache.iterdir())] == filled
