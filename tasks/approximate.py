@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import registry
 from tasks.workspace import Workspace
+from unlearnflow.certificates import numbered_files
 from unlearnflow.durable import atomic_write
 from unlearnflow.approximate import approximate_constituent
 from unlearnflow.config import Params, to_dict
@@ -97,7 +98,7 @@ def feature_edits(features: dict[str, list[dict]] | None) -> dict:
 
 
 def find_record(ws: Workspace, approximation_id: str) -> Path | None:
-    hits = sorted(ws.layout.approximations.glob(f"[0-9][0-9][0-9][0-9]-{approximation_id}.json"))
+    hits = numbered_files(ws.layout.approximations, approximation_id)
     return hits[0] if hits else None
 
 

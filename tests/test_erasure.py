@@ -10,6 +10,7 @@ from unlearnflow.config import DataConfig, PartitionConfig, TrainConfig
 from unlearnflow.errors import ConfigError
 from unlearnflow.erasure import (ErasedDataError, add_tombstones, apply_requests, check_tombstones, make_request,
                                  read_tombstones, resolve)
+from unlearnflow.hashing import sha256_hex
 from unlearnflow.ledger import Ledger, Request
 from unlearnflow.partition import partition
 from unlearnflow.pseudonyms import SYNTHETIC_KEY, pseudonym
@@ -134,3 +135,21 @@ def test_certificate_chain_detects_edits_and_removals(tmp_path):
     assert any("0002" in p for p in problems) and any("0003" in p and "previous_sha256" in p for p in problems)
     files[1].unlink()
     assert any("sequence" in p for p in certificates.verify_chain(d))
+
+
+def test_the_10000th_certificate_is_seen_and_the_chain_goes_on_after_it(tmp_path):
+    """Sequence numbers are written with four digits or more: 10000-<id>.json must be listed,
+    after 9999, found by its id and linked to by the next one (a four-digit glob lost it and
+    every later certificate was written as 10000 again, linked to 9999)."""
+    d = tmp_path / "certs"
+    d.mkdir()
+    for n in range(1, 10000):  # stand-ins for 9,999 earlier certificates: only their names are read
+        (d / f"{n:04d}-pad{n}.json").write_text("{}\n")
+    first = certificates.write_certificate(d, {"erasure_id": "e1", "requests": [{"request_id": "r1"}]}, SIGNER)
+    second = certificates.write_certificate(d, {"erasure_id": "e2", "requests": [{"request_id": "r2"}]}, SIGNER)
+    assert (first.name, second.name) == ("10000-e1.json", "10001-e2.json")
+    files = certificates.certificate_files(d)
+    assert len(files) == 10001 and files[-3:] == [d / "9999-pad9999.json", first, second]
+    assert json.loads(second.read_text())["previous_sha256"] == sha256_hex(first.read_bytes())
+    assert certificates.find(d, "e1") == first and certificates.find(d, "e") is None
+    assert certificates.completed_requests(d) == {"r1", "r2"}

@@ -31,8 +31,19 @@ from unlearnflow.hashing import canonical_json, sha256_hex
 FORMAT = "unlearnflow.erasure_certificate/2"  # /1: unsigned (before signatures)
 
 
+def numbered_files(directory: Path, name: str = "*") -> list[Path]:
+    """``NNNN-<name>.json`` files in sequence order. The number has four digits or more (the
+    10,000th entry is ``10000-….json``), so files are ordered by its value, not by their names."""
+    def number(path: Path) -> int | None:
+        head, _, tail = path.name.partition("-")
+        return int(head) if len(head) >= 4 and head.isdigit() and (name == "*" or tail == f"{name}.json") else None
+
+    hits = [p for p in Path(directory).glob(f"[0-9]*-{name}.json") if number(p) is not None]
+    return sorted(hits, key=lambda p: (number(p), p.name))
+
+
 def certificate_files(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("[0-9][0-9][0-9][0-9]-*.json"))
+    return numbered_files(directory)
 
 
 ROTATION = "key_rotation"  # the ``kind`` of a key-rotation entry (erasure certificates have none)
@@ -51,7 +62,7 @@ def latest(directory: Path) -> dict | None:
 
 def find(directory: Path, erasure_id: str) -> Path | None:
     """The certificate of ``erasure_id``, if it was written."""
-    hits = sorted(Path(directory).glob(f"[0-9][0-9][0-9][0-9]-{erasure_id}.json"))
+    hits = numbered_files(directory, erasure_id)
     return hits[0] if hits else None
 
 
